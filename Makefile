@@ -1,0 +1,30 @@
+# Everything a fresh machine needs: `make demo` and `make test` create the virtual
+# environment, install torch (CPU build by default) and thermodiff, then run.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test bench-smoke clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/thermodiff demo --out demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 tests
+
+bench-smoke: $(STAMP)
+	$(BIN)/thermodiff --quiet bench swissroll --smoke --json runs/smoke-swissroll.json
+	$(BIN)/thermodiff --quiet bench swissroll-paper --smoke --json runs/smoke-swissroll-paper.json
+
+clean:
+	rm -rf $(VENV) runs demo

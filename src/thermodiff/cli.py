@@ -1,0 +1,218 @@
+"""Command line: parses, calls the library, prints.
+
+A user's mistake (a ThermodiffError) is one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import DataError, ThermodiffError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+def config_path(name: str) -> Path:
+    """A config shipped with thermodiff, by name (``swissroll``, ``paper/swissroll``)."""
+    return CONFIG_DIR / f"{name}.toml"
+
+
+def _resolve_config(args):
+    from . import config
+
+    if args.config:
+        cfg = config.load(args.config)
+    elif args.data:
+        cfg = config.load(config_path("vectors"))
+    else:
+        from .errors import ConfigError
+
+        raise ConfigError("give a CONFIG.toml or --data FILE")
+    sets = list(args.set or [])
+    if args.data:
+        sets += ["data.name=array", f"data.path={args.data}"]
+    if args.test:
+        sets.append(f"data.test_path={args.test}")
+    if args.steps is not None:
+        sets.append(f"train.steps={args.steps}")
+    if args.seed is not None:
+        sets.append(f"train.seed={args.seed}")
+    cfg = config.apply_overrides(cfg, sets)
+    if args.config:
+        default_name = Path(args.config).stem
+    else:
+        default_name = Path(args.data).stem
+    if cfg.name == "run":
+        cfg = config.replace(cfg, name=default_name)
+    return cfg
+
+
+def cmd_train(args) -> int:
+    from . import data as data_mod
+    from .train import fit
+
+    cfg = _resolve_config(args)
+    dataset = data_mod.load(cfg.data)
+    out = Path(args.out) if args.out else Path("runs") / cfg.name
+    fit(cfg, dataset, out, progress=not args.quiet)
+    print(f"trained: {out}")
+    print(f"next: thermodiff evaluate {out} --json {out / 'eval.json'}")
+    return 0
+
+
+def _load_test(args, cfg, model):
+    """Held-out data: --data FILE, or the run's own held-out set."""
+    import torch
+
+    from . import data as data_mod
+
+    if args.data:
+        from .data.arrays import load_array
+
+        y = data_mod.check_finite(torch.as_tensor(load_array(args.data), dtype=torch.float64), args.data)
+        if tuple(y.shape[1:]) != model.data_shape:
+            raise DataError(f"{args.data}: examples have shape {tuple(y.shape[1:])}, the run was trained on {model.data_shape}")
+        return y, None
+    dataset = data_mod.load(cfg.data)
+    return dataset.test, dataset.log_density
+
+
+def cmd_evaluate(args) -> int:
+    from . import config
+    from .report import evaluate_run, write_json
+    from .train import load_run
+
+    cfg, model, meta = load_run(args.run)
+    eval_cfg = cfg.eval
+    if args.n_t is not None:
+        eval_cfg = config.replace(cfg, eval={"n_t": args.n_t}).eval
+    y, log_density = _load_test(args, cfg, model)
+    record = evaluate_run(model, y, eval_cfg, log_density, progress=not args.quiet)
+    record["train_steps"] = meta["step"]
+    record["train_seconds"] = meta["train_seconds"]
+    for key in ("K_bits", "K_bits_scaled", "exact_bits_scaled", "gap_bits", "gap_stderr_bits", "L_null_bits",
+                "K_minus_L_null_bits", "bits_per_dim", "stderr_bits", "n_examples"):
+        if key in record:
+            v = record[key]
+            print(f"{key:>22}  {v:.5f}" if isinstance(v, float) else f"{key:>22}  {v}")
+    if args.json:
+        write_json(args.json, record)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    import numpy as np
+    import torch
+
+    from .data.arrays import save_array
+    from .sampling.ancestral import sample
+    from .train import load_run
+
+    if args.n < 1:
+        raise DataError(f"-n must be at least 1, got {args.n}")
+    cfg, model, _ = load_run(args.run)
+    gen = torch.Generator().manual_seed(args.seed)
+    x = sample(model, args.n, gen, steps=args.steps, progress=not args.quiet)
+    y = model.scaler.inverse(x).numpy()
+    out = Path(args.out) if args.out else Path(args.run) / "samples.npy"
+    save_array(out, np.asarray(y))
+    print(f"wrote {args.n} samples to {out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from . import config
+    from .bench import run_benchmark
+
+    out = Path(args.out)
+    cfg = config.load(config_path("demo"))
+    if args.steps is not None:
+        cfg = config.replace(cfg, train={"steps": args.steps, "max_seconds": 0.0})
+    record = run_benchmark("demo", cfg, out, progress=not args.quiet, figures=True)
+    print(f"K = {record['K_bits_scaled']:.3f} bits, exact log-likelihood = {record['exact_bits_scaled']:.3f} bits, "
+          f"gap = {record['gap_bits']:.3f} +- {record['gap_stderr_bits']:.3f} bits (scaled data)")
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import BENCHMARKS, bench_config, run_benchmark
+
+    if args.name not in BENCHMARKS:
+        raise DataError(f"unknown benchmark {args.name!r}; choose one of {', '.join(BENCHMARKS)}")
+    cfg = bench_config(args.name, smoke=args.smoke)
+    out = Path(args.out) if args.out else Path("runs") / f"bench-{args.name}{'-smoke' if args.smoke else ''}"
+    record = run_benchmark(args.name, cfg, out, progress=not args.quiet, figures=not args.smoke, fresh=True)
+    for key in ("K_bits_scaled", "exact_bits_scaled", "gap_bits", "gap_stderr_bits", "stderr_bits", "train_seconds", "device"):
+        if key in record:
+            v = record[key]
+            print(f"{key:>18}  {v:.5f}" if isinstance(v, float) else f"{key:>18}  {v}")
+    if args.json:
+        from .report import write_json
+
+        write_json(args.json, record)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="thermodiff", description="Diffusion probabilistic models with honest likelihood bounds.")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="Swiss roll end to end on CPU in minutes")
+    d.add_argument("--out", default="demo")
+    d.add_argument("--steps", type=int, help="training steps (default: the demo's time budget)")
+    d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("train", help="train a model (resumes an existing run folder)")
+    t.add_argument("config", nargs="?", help="CONFIG.toml")
+    t.add_argument("--data", help="training array (.npy, .npz, .csv): N x D")
+    t.add_argument("--test", help="held-out array (default: a held-out fraction of --data)")
+    t.add_argument("--out", help="run folder (default runs/NAME)")
+    t.add_argument("--steps", type=int)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.lr=3e-4")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="the bound K on held-out data, term by term")
+    e.add_argument("run")
+    e.add_argument("--data", help="held-out array (default: the run's held-out set)")
+    e.add_argument("--json", help="write the record here")
+    e.add_argument("--n-t", type=int, dest="n_t", help="diffusion times per example")
+    e.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("sample", help="draw samples in the data's own units")
+    s.add_argument("run")
+    s.add_argument("-n", type=int, required=True)
+    s.add_argument("--out", help="output .npy (default RUN/samples.npy)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--steps", type=int, help="sampling steps (default: all)")
+    s.set_defaults(func=cmd_sample)
+
+    b = sub.add_parser("bench", help="train and evaluate a benchmark with a fixed budget")
+    b.add_argument("name")
+    b.add_argument("--json", help="write the record here")
+    b.add_argument("--out", help="run folder (default runs/bench-NAME)")
+    b.add_argument("--smoke", action="store_true", help="a tiny version, for CI")
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ThermodiffError as exc:
+        print(f"thermodiff: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("thermodiff: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Run configuration: frozen nested dataclasses <-> TOML, with dotted ``--set`` overrides.
+
+Loading is strict: an unknown key, a value of the wrong type or malformed TOML is a
+``ConfigError`` naming the key. The resolved config (defaults filled in, overrides
+applied) is saved in every run folder and checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "swissroll"  # swissroll | mixture | array
+    path: str = ""  # array: the training file (.npy, .npz, .csv)
+    test_path: str = ""  # array: held-out file; empty: hold out test_fraction of path
+    test_fraction: float = 0.1
+    n_train: int = 100_000  # generated data sets
+    n_test: int = 20_000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ProcessConfig:
+    kind: str = "gaussian"
+    time: str = "continuous"  # discrete | continuous
+    T: int = 1000  # discrete: number of steps; continuous: default sampling steps
+    schedule: str = "linear-logsnr"  # discrete: binomial linear cosine learned; continuous: linear-logsnr cosine learned
+    beta_1: float = 1e-3  # first step of the binomial and learned schedules
+    beta_start: float = 1e-4  # linear schedule, given for T = 1000
+    beta_end: float = 0.02
+    cosine_s: float = 0.008
+    gamma_min: float = -13.3  # continuous: -log SNR of the first latent
+    gamma_max: float = 5.0  # continuous: -log SNR of the last latent
+    learn_endpoints: bool = False
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    net: str = "mlp"  # mlp | rbf
+    parametrization: str = "eps"  # paper | eps | x0 | v
+    variance: str = "fixed-small"  # fixed-small | fixed-large | learned-range
+    decoder: str = "paper"  # paper (last step fixed to the forward kernel) | learned
+    width: int = 256
+    depth: int = 4
+    time_dim: int = 64
+    fourier_frequencies: int = 0
+    fourier_min_exponent: int = 0
+    activation: str = "silu"
+    rbf_hidden: int = 16
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    objective: str = "bound"  # bound | simple | hybrid
+    hybrid_lambda: float = 0.001
+    t_sampling: str = "uniform"  # uniform | importance
+    t_bins: int = 100  # continuous time: bins of the importance sampler
+    batch_size: int = 512
+    steps: int = 20_000
+    max_seconds: float = 0.0  # wall-clock budget for this run; 0: none
+    lr: float = 1e-3
+    lr_schedule: str = "cosine"  # constant | cosine | linear (decay to 0 at `steps`)
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max gradient norm; 0: off
+    ema_decay: float = 0.999  # 0: no EMA
+    seed: int = 0
+    log_every: int = 100
+    checkpoint_every: int = 1000
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # CPU threads; 0: torch's default
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    n_t: int = 64  # diffusion times per example
+    batch_size: int = 65_536  # network evaluations per batch
+    max_examples: int = 0  # 0: the whole held-out set
+    seed: int = 0
+    use_ema: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    process: ProcessConfig = field(default_factory=ProcessConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Check a TOML value against a field's type; ints are accepted for floats."""
+    name = typ if isinstance(typ, str) else typ.__name__
+    if name == "bool":
+        ok = isinstance(value, bool)
+    elif name == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif name == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif name == "str":
+        ok = isinstance(value, str)
+    else:  # pragma: no cover - only the types above are used
+        raise TypeError(name)
+    if not ok:
+        raise ConfigError(f"config key {key!r} must be a {name}, got {value!r}")
+    return value
+
+
+def from_dict(cls, data: dict, prefix: str = ""):
+    """Build a (nested) config dataclass from a dict, rejecting unknown keys.
+
+    Missing keys take their defaults.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"config key {prefix.rstrip('.')!r} must be a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix + unknown[0]!r}; known keys: {', '.join(prefix + k for k in fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        f = fields[name]
+        typ = f.type
+        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+            kwargs[name] = from_dict(f.default_factory, value, prefix + name + ".")
+        else:
+            kwargs[name] = _coerce(value, typ, prefix + name)
+    return cls(**kwargs)
+
+
+def to_dict(cfg) -> dict:
+    """Shapes: a config dataclass -> nested dict of TOML-able values."""
+    return dataclasses.asdict(cfg)
+
+
+def dumps(cfg: Config) -> str:
+    """The config as TOML text."""
+    return tomli_w.dumps(to_dict(cfg))
+
+
+def loads(text: str, source: str = "config") -> Config:
+    """Parse TOML text into a Config."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: malformed TOML: {exc}") from None
+    return from_dict(Config, data)
+
+
+def load(path: str | Path) -> Config:
+    """Read a TOML config file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from None
+    return loads(text, str(path))
+
+
+def _parse_value(text: str) -> Any:
+    """A TOML literal (3, 1e-3, true, "x") or, failing that, a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply dotted overrides like ``train.lr=3e-4`` or ``model.net=rbf``.
+
+    Shapes: overrides, a list of "section.key=value" strings.
+    """
+    data = to_dict(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"unknown config key {key.strip()!r}")
+            node = node[part]
+        if parts[-1] not in node or isinstance(node[parts[-1]], dict):
+            raise ConfigError(f"unknown config key {key.strip()!r}")
+        value = _parse_value(text.strip())
+        if isinstance(node[parts[-1]], str) and not isinstance(value, str):
+            value = text.strip()  # a string field keeps the text as typed: name=2024
+        node[parts[-1]] = value
+    return from_dict(Config, data)
+
+
+def replace(cfg, **sections):
+    """dataclasses.replace for nested sections: replace(cfg, train={"steps": 5})."""
+    changes = {}
+    for name, values in sections.items():
+        sub = getattr(cfg, name)
+        changes[name] = dataclasses.replace(sub, **values) if isinstance(values, dict) else values
+    return dataclasses.replace(cfg, **changes)

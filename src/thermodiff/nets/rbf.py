@@ -1,0 +1,95 @@
+"""The normalised radial-basis-function network of Sohl-Dickstein et al. (2015).
+
+App. D.1.1 (Swiss roll): a single hidden layer of 16 normalised RBF units shared
+across all time steps; only the readout layer is learned separately per step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from thermodiff.errors import ConfigError
+from thermodiff.nets.embeddings import time_to_index
+
+__all__ = ["RBFNet"]
+
+
+class RBFNet(nn.Module):
+    """Normalised RBF hidden layer with one linear readout per time step.
+
+    Hidden units: ``h_k(x) = softmax_k(-||x - c_k||^2 / (2 w_k^2))`` with learnable
+    centres ``c_k`` (initialised from a standard normal, matching unit-variance
+    data) and widths ``w_k = exp(log_width_k)``. The readout for step
+    ``i = round(t * T)`` (clamped to 1..T) is ``h @ W[i] + b[i]``; readouts start at
+    zero, so an untrained model outputs zero.
+
+    Shapes: x (B, in_dim), t (B,) -> (B, out_dim)
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        num_steps: int,
+        hidden: int = 16,
+        init_width: float = 1.0,
+    ):
+        super().__init__()
+        for name, value in (
+            ("in_dim", in_dim),
+            ("out_dim", out_dim),
+            ("num_steps", num_steps),
+            ("hidden", hidden),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"RBFNet {name} must be an integer >= 1, got {value!r}")
+        if not init_width > 0:
+            raise ConfigError(f"RBFNet init_width must be > 0, got {init_width!r}")
+
+        self.in_dim = in_dim
+        self.out_dim = out_dim
+        self.num_steps = num_steps
+        self.hidden = hidden
+        self.centres = nn.Parameter(torch.randn(hidden, in_dim))
+        # Log-parametrised so widths stay positive under unconstrained updates.
+        self.log_widths = nn.Parameter(torch.full((hidden,), math.log(init_width)))
+        # Storage row s holds step s + 1 (steps are 1..T).
+        self.readout_weight = nn.Parameter(torch.zeros(num_steps, hidden, out_dim))
+        self.readout_bias = nn.Parameter(torch.zeros(num_steps, out_dim))
+
+    def hidden_activations(self, x: Tensor) -> Tensor:
+        """Normalised RBF activations; each row sums to one.
+
+        Shapes: x (B, in_dim) -> (B, hidden)
+        """
+        # Explicit differences rather than the ||x||^2 - 2x.c + ||c||^2 expansion,
+        # which can go slightly negative through cancellation; (B, H, D) is small.
+        sq_dist = (x[:, None, :] - self.centres[None, :, :]).square().sum(-1)
+        logits = -sq_dist * (0.5 * torch.exp(-2.0 * self.log_widths))
+        # softmax is the normalisation, and it stays finite even when x is far
+        # from every centre (all raw Gaussians would underflow to zero).
+        return torch.softmax(logits, dim=-1)
+
+    def step_index(self, t: Tensor) -> Tensor:
+        """Step index in 1..T for each time.
+
+        Shapes: t (B,) -> (B,) int64
+        """
+        return time_to_index(t, self.num_steps)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        """Shapes: x (B, in_dim), t (B,) -> (B, out_dim)"""
+        h = self.hidden_activations(x)
+        rows = self.step_index(t) - 1
+        weight = self.readout_weight[rows]  # (B, hidden, out_dim), gathered per example
+        bias = self.readout_bias[rows]  # (B, out_dim)
+        return torch.bmm(h[:, None, :], weight)[:, 0, :] + bias
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_dim={self.in_dim}, out_dim={self.out_dim}, "
+            f"num_steps={self.num_steps}, hidden={self.hidden}"
+        )

@@ -1,0 +1,490 @@
+"""Figures drawn from plain numpy arrays, saved as PNG files.
+
+This module knows nothing about models: callers evaluate whatever they want to show
+(trajectories, drifts, bound terms, training logs) and pass the numbers in. Every
+function writes one file atomically (a temporary file in the same folder, then
+``os.replace``), so a reader never sees a half-written image, and returns the path it
+wrote as a ``pathlib.Path``.
+
+Drawing uses matplotlib's object API (``matplotlib.figure.Figure``) on an explicit Agg
+canvas: no pyplot, no global figure state, and no GUI backend, so it works on headless
+machines and in worker processes. ``import thermodiff`` never imports this module
+(and so never imports matplotlib); import ``thermodiff.plots`` explicitly.
+
+The output format follows the path's suffix when matplotlib knows it (``.png``,
+``.pdf``, ``.svg``, ...); a path without a suffix is written as PNG.
+
+Point clouds are drawn in data coordinates with equal aspect, so a circle in the data
+is a circle on the page; data are dimensionless, so 2-D axes are labelled ``x1`` and
+``x2`` without a unit.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "trajectory_grid",
+    "drift_field",
+    "bound_terms",
+    "samples_vs_data",
+    "training_curve",
+    "histogram_1d",
+]
+
+DPI = 120
+PANEL_SIZE = 3.2  # inches per square scatter panel
+MODEL_COLOR = "#1f4e9c"  # samples / model outputs
+DATA_COLOR = "#d95f02"  # training data
+FAINT_DATA_COLOR = "0.55"  # data drawn behind another layer
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _new_figure(width: float, height: float) -> Any:
+    """A Figure on an Agg canvas, with constrained layout (tight_layout that also fits suptitles)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    fig.get_layout_engine().set(h_pad=0.1, w_pad=0.06)  # room under suptitles
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
+    """Write ``fig`` to ``path`` atomically: temp file in the same folder, then replace."""
+    path = Path(path)
+    fmt = path.suffix[1:].lower() or "png"
+    supported = fig.canvas.get_supported_filetypes()
+    if fmt not in supported:
+        raise ValueError(
+            f"cannot write a figure as {path.suffix!r}: use one of "
+            + ", ".join("." + k for k in sorted(supported))
+        )
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            # bbox_inches="tight" is a safety net: constrained layout can leave a few
+            # pixels of an x label outside the canvas when panels have equal aspect.
+            fig.savefig(fh, format=fmt, dpi=DPI, facecolor="white",
+                        bbox_inches="tight", pad_inches=0.08)
+            fh.flush()
+            os.fsync(fh.fileno())
+        # mkstemp makes the file private (0600); give it the usual umask-based mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def _points(name: str, a: Any) -> np.ndarray:
+    """``a`` as a float (N, 2) array; N may be 0."""
+    arr = np.asarray(a, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise ValueError(f"{name} must have shape (N, 2), got {arr.shape}")
+    return arr
+
+
+def _vector(name: str, a: Any) -> np.ndarray:
+    """``a`` as a float (n,) array; (n, 1) is accepted and flattened."""
+    arr = np.asarray(a, dtype=np.float64)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must have shape (n,), got {arr.shape}")
+    return arr
+
+
+def _finite(a: np.ndarray) -> np.ndarray:
+    """Rows (or entries) of ``a`` with no NaN / inf."""
+    if a.ndim == 1:
+        return a[np.isfinite(a)]
+    return a[np.isfinite(a).all(axis=1)]
+
+
+def _auto_lim(clouds: Sequence[np.ndarray]) -> float:
+    """A symmetric half-width that shows (nearly) every cloud in full.
+
+    Uses the 99.5th percentile of |coordinate| per cloud, so a handful of far outliers
+    (e.g. from a diverged sampler) does not shrink everything else to a dot.
+    """
+    lim = 0.0
+    for c in clouds:
+        c = _finite(c)
+        if c.size:
+            lim = max(lim, float(np.quantile(np.abs(c), 0.995)))
+    return 1.12 * lim if lim > 0 else 1.0
+
+
+def _marker_size(n: int) -> float:
+    """Scatter marker area (pt^2) that keeps dense clouds readable."""
+    if n <= 0:
+        return 4.0
+    return float(np.clip(3000.0 / n, 1.0, 12.0))
+
+
+def _point_alpha(n: int) -> float:
+    return float(np.clip(300.0 / max(n, 1) ** 0.75, 0.25, 0.8))
+
+
+def _style_cloud_axes(ax: Any, lim: float, *, ylabel: bool = True) -> None:
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_xlabel(r"$x_1$")
+    if ylabel:
+        ax.set_ylabel(r"$x_2$")
+    ax.grid(True, lw=0.4, alpha=0.35)
+    ax.set_axisbelow(True)
+
+
+def _scatter(ax: Any, pts: np.ndarray, color: str, *, faint: bool = False, **kw: Any) -> None:
+    n = len(pts)
+    if n == 0:
+        return
+    s = _marker_size(n)
+    alpha = _point_alpha(n)
+    if faint:
+        alpha = min(alpha, 0.35)
+    ax.scatter(pts[:, 0], pts[:, 1], s=s, c=color, alpha=alpha, linewidths=0,
+               rasterized=n > 5000, **kw)
+
+
+def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average that skips NaN; NaN where the window holds no finite value."""
+    ok = np.isfinite(values)
+    v = np.where(ok, values, 0.0)
+    kernel = np.ones(window)
+    num = np.convolve(v, kernel, mode="same")
+    den = np.convolve(ok.astype(np.float64), kernel, mode="same")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = num / den
+    out[den == 0] = np.nan
+    return out
+
+
+def _text_box(ax: Any, lines: Sequence[str]) -> None:
+    """A small boxed text block placed where it hides the least data (legend 'best')."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], linestyle="none") for _ in lines]
+    ax.legend(handles, lines, loc="best", handlelength=0, handletextpad=0,
+              fontsize="small", framealpha=0.9)
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def trajectory_grid(
+    path: str | os.PathLike[str],
+    frames: Sequence[np.ndarray],
+    titles: Sequence[str],
+    suptitle: str,
+    data: np.ndarray | None = None,
+    lim: float | None = None,
+) -> Path:
+    """One row of 2-D scatter panels, e.g. a forward or reverse diffusion trajectory.
+
+    Like a row of Figure 1 in Sohl-Dickstein et al. (2015): the forward trajectory at
+    t = 0, T/2, T, or the reverse trajectory from noise back to data. Every panel has
+    the same square limits [-lim, lim]^2 and equal aspect; ``data``, when given, is
+    drawn faintly behind each panel for reference. ``lim=None`` picks a limit that
+    shows all frames (ignoring the most extreme 0.5% of coordinates).
+
+    Shapes: frames: list of (N_i, 2); titles: one str per frame; data: (M, 2) or None.
+    """
+    pts = [_points(f"frames[{i}]", f) for i, f in enumerate(frames)]
+    if not pts:
+        raise ValueError("trajectory_grid needs at least one frame")
+    titles = list(titles)
+    if len(titles) != len(pts):
+        raise ValueError(f"got {len(pts)} frames but {len(titles)} titles")
+    ref = _points("data", data) if data is not None else None
+    if lim is None:
+        lim = _auto_lim(pts + ([ref] if ref is not None else []))
+    elif not (np.isfinite(lim) and lim > 0):
+        raise ValueError(f"lim must be a positive number, got {lim!r}")
+
+    n = len(pts)
+    fig = _new_figure(PANEL_SIZE * n + 0.3, PANEL_SIZE + 0.55)
+    axes = fig.subplots(1, n, squeeze=False, sharex=True, sharey=True)[0]
+    for i, (ax, p, title) in enumerate(zip(axes, pts, titles)):
+        if ref is not None:
+            _scatter(ax, ref, FAINT_DATA_COLOR, faint=True, zorder=1)
+        _scatter(ax, p, MODEL_COLOR, zorder=2)
+        ax.set_title(title, fontsize="medium")
+        _style_cloud_axes(ax, float(lim), ylabel=i == 0)
+        if i > 0:
+            ax.tick_params(labelleft=False)
+    fig.suptitle(suptitle)
+    return _save(fig, path)
+
+
+def drift_field(
+    path: str | os.PathLike[str],
+    grid_xy: np.ndarray,
+    drift: np.ndarray,
+    data: np.ndarray | None,
+    title: str,
+) -> Path:
+    """Quiver plot of a drift field over a grid, e.g. the learned f_mu(x, t) - x.
+
+    Like the bottom row of Figure 1 in Sohl-Dickstein et al. (2015). Arrows are drawn
+    in data coordinates, uniformly scaled so that the longest ones (98th percentile)
+    span about one grid cell; the key in the corner gives the length of a reference
+    arrow in data units, so magnitudes can be read off. ``data``, when given, is drawn
+    faintly behind the arrows.
+
+    Shapes: grid_xy: (G, G, 2) positions; drift: (G, G, 2) displacement at each
+    position; data: (M, 2) or None.
+    """
+    xy = np.asarray(grid_xy, dtype=np.float64)
+    uv = np.asarray(drift, dtype=np.float64)
+    if xy.ndim != 3 or xy.shape[-1] != 2:
+        raise ValueError(f"grid_xy must have shape (G, G, 2), got {xy.shape}")
+    if uv.shape != xy.shape:
+        raise ValueError(f"drift must have the shape of grid_xy {xy.shape}, got {uv.shape}")
+    ref = _points("data", data) if data is not None else None
+
+    X, Y = xy[..., 0], xy[..., 1]
+    U, V = uv[..., 0], uv[..., 1]
+    mag = np.hypot(U, V)
+    finite_mag = mag[np.isfinite(mag)]
+    # Grid spacing: the typical distance between neighbouring grid points.
+    steps = [np.hypot(*np.diff(xy, axis=a).reshape(-1, 2).T) for a in (0, 1)]
+    steps = np.concatenate([s[np.isfinite(s) & (s > 0)] for s in steps])
+    fin_xy = _finite(xy.reshape(-1, 2))
+    if fin_xy.size == 0:
+        raise ValueError("grid_xy has no finite positions")
+    lo, hi = fin_xy.min(axis=0), fin_xy.max(axis=0)
+    spacing = float(np.median(steps)) if steps.size else float(max(hi - lo)) or 1.0
+
+    typical = float(np.quantile(finite_mag, 0.98)) if finite_mag.size else 0.0
+    arrow_per_unit = 0.9 * spacing / typical if typical > 0 else 1.0
+
+    fig = _new_figure(5.2, 5.0)
+    ax = fig.add_subplot()
+    if ref is not None:
+        _scatter(ax, ref, FAINT_DATA_COLOR, faint=True, zorder=1)
+    q = ax.quiver(X, Y, U, V, angles="xy", scale_units="xy", scale=1.0 / arrow_per_unit,
+                  color=MODEL_COLOR, width=0.004, headwidth=3.5, headlength=4.0,
+                  headaxislength=3.5, pivot="tail", zorder=2)
+    if typical > 0:
+        key_len = float(f"{typical:.1g}")  # a round reference length, in data units
+        ax.quiverkey(q, 0.83, 1.015, key_len, f"{key_len:g} (data units)",
+                     labelpos="W", coordinates="axes", fontproperties={"size": "small"})
+    else:
+        ax.text(0.98, 1.01, "drift is zero everywhere", transform=ax.transAxes,
+                ha="right", va="bottom", fontsize="small")
+    margin = 0.75 * spacing
+    ax.set_xlim(lo[0] - margin, hi[0] + margin)
+    ax.set_ylim(lo[1] - margin, hi[1] + margin)
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_xlabel(r"$x_1$")
+    ax.set_ylabel(r"$x_2$")
+    ax.set_title(title, pad=18)
+    return _save(fig, path)
+
+
+def bound_terms(
+    path: str | os.PathLike[str],
+    t: np.ndarray,
+    terms_bits: np.ndarray,
+    title: str,
+    ylabel: str = "bits",
+    logy: bool = True,
+    extra: Mapping[str, float | str] | None = None,
+    xlabel: str | None = None,
+) -> Path:
+    """Per-time contributions to the negative bound, against t.
+
+    ``t`` is either continuous time in [0, 1] or integer diffusion steps; the x label
+    says which (override with ``xlabel``). With ``logy`` the y axis is logarithmic when
+    every term is positive; otherwise (Monte Carlo estimates can dip below zero) it is
+    symmetric-log, linear near zero, with a line at zero. ``extra`` entries, e.g.
+    ``{"prior L_T": 0.01, "reconstruction": 1.3}``, are listed in a text box placed
+    where it hides the least of the curve.
+
+    Shapes: t: (n,); terms_bits: (n,) (n terms, one per t).
+    """
+    t = _vector("t", t)
+    y = _vector("terms_bits", terms_bits)
+    if t.shape != y.shape:
+        raise ValueError(f"t {t.shape} and terms_bits {y.shape} must have the same shape")
+    if t.size == 0:
+        raise ValueError("bound_terms needs at least one term")
+    y = np.where(np.isfinite(y), y, np.nan)
+    order = np.argsort(t, kind="stable")
+    t, y = t[order], y[order]
+    fy = y[np.isfinite(y)]
+
+    fig = _new_figure(6.4, 4.0)
+    ax = fig.add_subplot()
+    marker = "o" if t.size <= 60 else None
+    ax.plot(t, y, color=MODEL_COLOR, lw=1.6, marker=marker, ms=3.5)
+
+    if logy and fy.size:
+        if np.all(fy > 0):
+            ax.set_yscale("log")
+        else:
+            nz = np.abs(fy[fy != 0])
+            # Linear within the smallest quarter of magnitudes (where Monte Carlo noise
+            # flips signs), logarithmic beyond.
+            linthresh = (max(float(np.quantile(nz, 0.25)), float(nz.max()) * 1e-4)
+                         if nz.size else 1.0)
+            ax.set_yscale("symlog", linthresh=linthresh)
+            ax.axhline(0.0, color="0.3", lw=0.8, zorder=0)
+    elif fy.size and fy.min() < 0 < fy.max():
+        ax.axhline(0.0, color="0.3", lw=0.8, zorder=0)
+
+    if xlabel is None:
+        integer_steps = np.all(np.isfinite(t)) and np.all(t == np.round(t)) and t.max() > 1
+        xlabel = "diffusion step t" if integer_steps else "time t (0 = data, 1 = noise)"
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="major", lw=0.5, alpha=0.4)
+    ax.grid(True, which="minor", lw=0.3, alpha=0.2)
+
+    if extra:
+        lines = [f"{k}: {v:.4g}" if isinstance(v, (int, float, np.floating, np.integer))
+                 else f"{k}: {v}" for k, v in extra.items()]
+        _text_box(ax, lines)
+    return _save(fig, path)
+
+
+def samples_vs_data(
+    path: str | os.PathLike[str],
+    samples: np.ndarray,
+    data: np.ndarray,
+    title: str,
+) -> Path:
+    """Model samples and training data side by side, with the same limits and aspect.
+
+    Shapes: samples: (N, 2); data: (M, 2).
+    """
+    s = _points("samples", samples)
+    d = _points("data", data)
+    lim = _auto_lim([s, d])
+    fig = _new_figure(2 * PANEL_SIZE + 0.4, PANEL_SIZE + 0.55)
+    ax_s, ax_d = fig.subplots(1, 2, sharex=True, sharey=True)
+    _scatter(ax_s, s, MODEL_COLOR)
+    _scatter(ax_d, d, DATA_COLOR)
+    ax_s.set_title(f"model samples (N = {len(s):,})", fontsize="medium")
+    ax_d.set_title(f"data (M = {len(d):,})", fontsize="medium")
+    _style_cloud_axes(ax_s, lim)
+    _style_cloud_axes(ax_d, lim, ylabel=False)
+    ax_d.tick_params(labelleft=False)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def training_curve(
+    path: str | os.PathLike[str],
+    steps: np.ndarray,
+    values: np.ndarray,
+    ylabel: str,
+    title: str,
+    logy: bool = False,
+    window: int | None = None,
+) -> Path:
+    """A loss or bound against training step: raw values faint, moving average on top.
+
+    The moving average is centred and skips NaN / inf entries; its window defaults to
+    about 1/25 of the points (at least 1, no average drawn below 10 points). ``logy``
+    uses a log y axis when every finite value is positive.
+
+    Shapes: steps: (n,); values: (n,).
+    """
+    x = _vector("steps", steps)
+    y = _vector("values", values)
+    if x.shape != y.shape:
+        raise ValueError(f"steps {x.shape} and values {y.shape} must have the same shape")
+    y = np.where(np.isfinite(y), y, np.nan)
+    n = y.size
+    if window is None:
+        window = max(1, n // 25)
+    elif window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+
+    fig = _new_figure(6.4, 4.0)
+    ax = fig.add_subplot()
+    show_avg = n >= 10 and window > 1
+    ax.plot(x, y, color=MODEL_COLOR, lw=0.9, alpha=0.35 if show_avg else 1.0,
+            label="per step" if show_avg else None)
+    if show_avg:
+        ax.plot(x, _moving_average(y, window), color=MODEL_COLOR, lw=1.8,
+                label=f"moving average ({window} points)")
+        ax.legend(loc="best", fontsize="small", framealpha=0.9)
+    fy = y[np.isfinite(y)]
+    if logy and fy.size and np.all(fy > 0):
+        ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, lw=0.5, alpha=0.4)
+    return _save(fig, path)
+
+
+def histogram_1d(
+    path: str | os.PathLike[str],
+    samples: np.ndarray,
+    data: np.ndarray,
+    title: str,
+    bins: int | None = None,
+) -> Path:
+    """Normalised histograms (densities) of 1-D samples and data, overlaid on shared bins.
+
+    The bins span both sets (ignoring the most extreme 0.25% on each side) so the two
+    densities are directly comparable (each is normalised over its points inside the
+    bins); data is filled, samples are an outline. ``bins`` fixes the number of bins.
+
+    Shapes: samples: (N,) or (N, 1); data: (M,) or (M, 1).
+    """
+    s = _finite(_vector("samples", samples))
+    d = _finite(_vector("data", data))
+    both = np.concatenate([s, d])
+    if both.size == 0:
+        raise ValueError("histogram_1d needs at least one finite value")
+    lo, hi = np.quantile(both, [0.0025, 0.9975])
+    if not hi > lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    if bins is None:
+        edges = np.histogram_bin_edges(both, bins="fd", range=(lo, hi))
+        if not 10 <= len(edges) - 1 <= 100:
+            edges = np.linspace(lo, hi, int(np.clip(len(edges) - 1, 10, 100)) + 1)
+    else:
+        edges = np.linspace(lo, hi, int(bins) + 1)
+
+    fig = _new_figure(6.4, 4.0)
+    ax = fig.add_subplot()
+    if d.size:
+        ax.hist(d, bins=edges, density=True, histtype="stepfilled", color=DATA_COLOR,
+                alpha=0.35, label=f"data (M = {d.size:,})")
+    if s.size:
+        ax.hist(s, bins=edges, density=True, histtype="step", color=MODEL_COLOR, lw=1.8,
+                label=f"model samples (N = {s.size:,})")
+    ax.set_xlim(edges[0], edges[-1])
+    ax.set_xlabel("x")
+    ax.set_ylabel("probability density")
+    ax.set_title(title)
+    ax.legend(loc="best", fontsize="small", framealpha=0.9)
+    ax.grid(True, lw=0.5, alpha=0.4)
+    return _save(fig, path)

@@ -1,0 +1,110 @@
+"""Ancestral sampling: plain functions over a DiffusionModel, with an explicit Generator.
+
+Discrete time with all T steps draws from p(x_{t-1} | x_t) exactly as the bound
+scores it. With fewer steps (respacing) or in continuous time the chain hops between
+times s < t of a grid with the kernel built from the same prediction (posterior of
+the hop with x0 replaced by the model's x0), which needs an eps / x0 / v model.
+The last hop, from the first latent to the data, is the model's decoder.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import ConfigError
+from ..model import DiffusionModel
+from ..parametrization import reverse_kernel
+from ..processes.gaussian import expand_as
+
+
+def time_grid(model: DiffusionModel, steps: int | None = None) -> torch.Tensor:
+    """Network times of the chain's latents, first to last, ending at t = 1.
+
+    Discrete: steps 1..T (or `steps` of them, evenly spaced, always including 1 and T)
+    as t = i / T. Continuous: `steps` + 1 points of [0, 1] (default T of the config).
+
+    Shapes: returns (n,) float64.
+    """
+    if model.continuous:
+        n = steps or 1000
+        return torch.linspace(0, 1, n + 1, dtype=torch.float64)
+    T = model.schedule.T
+    if steps is None or steps >= T:
+        return torch.arange(1, T + 1, dtype=torch.float64) / T
+    if model.spec.parametrization == "paper":
+        raise ConfigError("the paper's kernel is defined per step: sample with all T steps")
+    idx = torch.unique(torch.round(torch.linspace(1, T, steps, dtype=torch.float64)))
+    return idx / T
+
+
+def _draw(mean, var, generator):
+    noise = torch.randn(mean.shape, generator=generator).to(mean.device)
+    return mean + expand_as(var.sqrt(), mean) * noise
+
+
+@torch.no_grad()
+def sample(
+    model: DiffusionModel,
+    n: int,
+    generator: torch.Generator,
+    steps: int | None = None,
+    keep: int = 0,
+    progress: bool = False,
+):
+    """Draw n samples in the model's (scaled) units.
+
+    keep > 0 also returns `keep` snapshots of the whole batch along the chain
+    (including the start x_T and the end x_0), for trajectory figures.
+
+    Shapes: returns x0 (n, *D), and with keep a list of (time, (n, *D)) pairs.
+    """
+    dev = next(model.parameters()).device
+    grid = time_grid(model, steps).to(dev)
+    x = torch.randn((n,) + model.data_shape, generator=generator).to(dev)
+    snaps = []
+    stride = max(1, len(grid) // max(1, keep - 1)) if keep else 0
+    hops = range(len(grid) - 1, -1, -1)
+    if progress:
+        from tqdm import tqdm
+
+        hops = tqdm(hops, desc="sample", unit="step", leave=False)
+    for k in hops:
+        t = grid[k].expand(n)
+        abar_t = model.abar_at(t)
+        if keep and (len(grid) - 1 - k) % stride == 0:
+            snaps.append((float(grid[k]), x.cpu().clone()))
+        if k > 0:
+            abar_s = model.abar_at(grid[k - 1].expand(n))
+        else:
+            abar_s = torch.ones_like(abar_t)
+        if k == 0 and model.spec.decoder == "paper":
+            # The paper's last step: the forward kernel's reversal under pi.
+            beta = 1 - abar_t
+            mean, var = expand_as(abar_t.sqrt(), x) * x, beta
+        else:
+            out = model(x, t)
+            mean, var, _ = reverse_kernel(model.spec.parametrization, model.spec.variance, out, x, abar_s, abar_t)
+        x = _draw(mean, var, generator)
+    if keep:
+        snaps.append((0.0, x.cpu().clone()))
+        return x, snaps
+    return x
+
+
+@torch.no_grad()
+def drift(model: DiffusionModel, x: torch.Tensor, t: float) -> torch.Tensor:
+    """The learned reverse drift f_mu(x_t, t) - x_t at one time (paper Figure 1, bottom).
+
+    Shapes: x (B, *D) scaled units -> (B, *D).
+    """
+    b = x.shape[0]
+    tt = torch.full((b,), float(t), dtype=torch.float64)
+    abar_t = model.abar_at(tt)
+    if model.continuous:
+        abar_s = model.abar_at((tt - 1e-2).clamp_min(0))
+    else:
+        T = model.schedule.T
+        abar_s = model.schedule.abar()[torch.round(tt * T).long() - 1]
+    out = model(x, tt)
+    mean, _, _ = reverse_kernel(model.spec.parametrization, model.spec.variance, out, x, abar_s, abar_t)
+    return mean - x

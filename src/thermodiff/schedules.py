@@ -1,0 +1,252 @@
+"""Noise schedules: beta / abar tables for discrete time, log-SNR curves for continuous time.
+
+All schedule arithmetic is float64: abar_t = prod(1 - beta_s) loses the small betas of
+the first steps in float32, and the bound's first terms depend on exactly those.
+
+The common currency between the two kinds of time is ``abar`` (the signal fraction
+alpha_t^2 of q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I)), or equivalently the
+negative log signal-to-noise ratio gamma = log((1 - abar) / abar) (VDM's gamma).
+
+- ``DiscreteSchedule``: steps t = 1..T with betas beta_1..beta_T; ``abar()`` has T + 1
+  entries with abar_0 = 1 (x_0 is the data itself).
+- ``ContinuousSchedule``: gamma(t) on t in [0, 1], increasing; the first latent is at
+  t = 0 with gamma_min, the last at t = 1 with gamma_max (T -> infinity).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+DISCRETE_KINDS = ("binomial", "linear", "cosine", "learned")
+CONTINUOUS_KINDS = ("linear-logsnr", "cosine", "learned")
+
+# Betas are kept strictly inside (0, 1): logit(beta) must stay finite for the paper's
+# kernel (eq. 64), and beta_T = 1 (binomial schedule) would make log(1 - beta) infinite.
+BETA_MIN = 1e-8
+BETA_MAX = 1.0 - 1e-5
+
+
+def binomial_betas(T: int) -> torch.Tensor:
+    """The paper's fixed schedule beta_t = 1 / (T - t + 1): erase 1/T of the signal per step.
+
+    Its abar_t = 1 - t / T is linear in t. beta_T = 1 is clipped to BETA_MAX so that
+    every kernel stays a proper Gaussian.
+
+    Shapes: returns (T,) float64, entry t - 1 is beta_t.
+    """
+    t = torch.arange(1, T + 1, dtype=torch.float64)
+    return (1.0 / (T - t + 1)).clamp(BETA_MIN, BETA_MAX)
+
+
+def linear_betas(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """DDPM's linear schedule, with the endpoints given for T = 1000 and rescaled by 1000 / T
+    so that other T describe the same continuous process (improved DDPM's convention).
+
+    Shapes: returns (T,) float64.
+    """
+    scale = 1000.0 / T
+    return torch.linspace(beta_start * scale, beta_end * scale, T, dtype=torch.float64).clamp(
+        BETA_MIN, BETA_MAX
+    )
+
+
+def cosine_abar(t: torch.Tensor, s: float = 0.008) -> torch.Tensor:
+    """Improved DDPM's cosine signal fraction abar(t) = f(t) / f(0), f(t) = cos^2(pi/2 (t+s)/(1+s)).
+
+    Shapes: t (N,) in [0, 1] -> (N,) float64.
+    """
+    t = t.to(torch.float64)
+    f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+    f0 = math.cos(s / (1 + s) * math.pi / 2) ** 2
+    return f / f0
+
+
+def cosine_betas(T: int, s: float = 0.008, beta_max: float = 0.999) -> torch.Tensor:
+    """Discrete cosine schedule: beta_t = 1 - abar(t/T) / abar((t-1)/T), capped at 0.999.
+
+    Shapes: returns (T,) float64.
+    """
+    grid = torch.arange(T + 1, dtype=torch.float64) / T
+    abar = cosine_abar(grid, s)
+    return (1 - abar[1:] / abar[:-1]).clamp(BETA_MIN, beta_max)
+
+
+def betas_to_abar(betas: torch.Tensor) -> torch.Tensor:
+    """abar_t = prod_{s <= t} (1 - beta_s), with abar_0 = 1 prepended.
+
+    Computed as exp(cumsum(log1p(-beta))) for accuracy over thousands of steps.
+
+    Shapes: betas (T,) -> (T + 1,).
+    """
+    log_abar = torch.cumsum(torch.log1p(-betas), dim=0)
+    return torch.cat([betas.new_ones(1), torch.exp(log_abar)])
+
+
+def abar_to_gamma(abar: torch.Tensor) -> torch.Tensor:
+    """gamma = log((1 - abar) / abar), the negative log signal-to-noise ratio.
+
+    Shapes: any -> same.
+    """
+    return torch.log1p(-abar) - torch.log(abar)
+
+
+def gamma_to_abar(gamma: torch.Tensor) -> torch.Tensor:
+    """abar = sigmoid(-gamma).
+
+    Shapes: any -> same.
+    """
+    return torch.sigmoid(-gamma)
+
+
+class DiscreteSchedule(nn.Module):
+    """Betas beta_1..beta_T of a discrete-time forward process.
+
+    kind: ``binomial`` (1/(T-t+1)), ``linear`` (DDPM), ``cosine`` (improved DDPM) or
+    ``learned``: beta_2..beta_T are parameters trained by gradient ascent on K with
+    frozen noise (paper section 2.4.1) starting from the binomial schedule, while
+    beta_1 stays fixed at ``beta_1`` so that the first step cannot overfit.
+    For ``binomial`` and ``learned`` the first step is also set to ``beta_1`` (the
+    paper's code uses 0.001), because 1/T is far too coarse a first step for
+    continuous data.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        T: int,
+        beta_1: float = 1e-3,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        cosine_s: float = 0.008,
+    ):
+        super().__init__()
+        if kind not in DISCRETE_KINDS:
+            raise ConfigError(f"unknown discrete schedule {kind!r}; choose one of {', '.join(DISCRETE_KINDS)}")
+        if T < 2:
+            raise ConfigError(f"a discrete schedule needs T >= 2 steps, got {T}")
+        self.kind = kind
+        self.T = T
+        if kind == "linear":
+            betas = linear_betas(T, beta_start, beta_end)
+        elif kind == "cosine":
+            betas = cosine_betas(T, cosine_s)
+        else:
+            betas = binomial_betas(T)
+            betas[0] = beta_1
+        if kind == "learned":
+            self.register_buffer("beta_first", betas[:1].clone())
+            # Unconstrained parameters: beta = sigmoid(logit), kept inside (0, 1).
+            self.beta_logits = nn.Parameter(torch.logit(betas[1:]))
+        else:
+            self.register_buffer("fixed_betas", betas)
+
+    def betas(self) -> torch.Tensor:
+        """Shapes: returns (T,) float64; entry t - 1 is beta_t."""
+        if self.kind == "learned":
+            rest = torch.sigmoid(self.beta_logits).clamp(BETA_MIN, BETA_MAX)
+            return torch.cat([self.beta_first, rest])
+        return self.fixed_betas
+
+    def abar(self) -> torch.Tensor:
+        """Shapes: returns (T + 1,) float64, abar_0 = 1."""
+        return betas_to_abar(self.betas())
+
+
+class _MonotoneNet(nn.Module):
+    """A monotone increasing map [0, 1] -> R (VDM's learned schedule): a linear term
+    plus a sigmoid layer, with weights kept positive by softplus."""
+
+    def __init__(self, hidden: int = 64):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.zeros((), dtype=torch.float64))
+        self.w2 = nn.Parameter(torch.randn(hidden, dtype=torch.float64) * 0.5)
+        self.b2 = nn.Parameter(torch.randn(hidden, dtype=torch.float64) * 0.5)
+        self.w3 = nn.Parameter(torch.full((hidden,), -3.0, dtype=torch.float64))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        pos = nn.functional.softplus
+        h = torch.sigmoid(t[:, None] * pos(self.w2) * 8.0 - 4.0 + self.b2)
+        return pos(self.w1 + 0.5413) * t + (h * pos(self.w3)).sum(-1) / self.w3.numel()
+
+
+class ContinuousSchedule(nn.Module):
+    """gamma(t) = -log SNR(t) on t in [0, 1], increasing, in the continuous-time limit.
+
+    kind: ``linear-logsnr`` (VDM's fixed schedule, gamma linear in t), ``cosine``
+    (improved DDPM's cosine written in gamma, truncated to [gamma_min, gamma_max]),
+    or ``learned`` (a monotone network between learnable endpoints, VDM). With
+    ``learn_endpoints`` the endpoints gamma_min, gamma_max are trained on the bound:
+    in continuous time they are the only part of the schedule the bound depends on.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        gamma_min: float = -13.3,
+        gamma_max: float = 5.0,
+        learn_endpoints: bool = False,
+    ):
+        super().__init__()
+        if kind not in CONTINUOUS_KINDS:
+            raise ConfigError(f"unknown continuous schedule {kind!r}; choose one of {', '.join(CONTINUOUS_KINDS)}")
+        if not gamma_min < gamma_max:
+            raise ConfigError(f"need gamma_min < gamma_max, got {gamma_min} and {gamma_max}")
+        self.kind = kind
+        ends = torch.tensor([gamma_min, gamma_max], dtype=torch.float64)
+        if learn_endpoints or kind == "learned":
+            self.endpoints = nn.Parameter(ends)
+        else:
+            self.register_buffer("endpoints", ends)
+        self.shape_net = _MonotoneNet() if kind == "learned" else None
+
+    @property
+    def gamma_min(self) -> torch.Tensor:
+        return self.endpoints[0]
+
+    @property
+    def gamma_max(self) -> torch.Tensor:
+        return self.endpoints[1]
+
+    def _unit_shape(self, t: torch.Tensor) -> torch.Tensor:
+        """An increasing map with shape(0) = 0, shape(1) = 1."""
+        if self.kind == "linear-logsnr":
+            return t
+        if self.kind == "cosine":
+            # gamma_cos(t) = 2 log tan(pi t / 2) spans the whole real line; rescale the
+            # part of it between the endpoints onto [0, 1].
+            g0, g1 = self.gamma_min.detach(), self.gamma_max.detach()
+            u0 = 2 / math.pi * torch.atan(torch.exp(g0 / 2))
+            u1 = 2 / math.pi * torch.atan(torch.exp(g1 / 2))
+            g = 2 * torch.log(torch.tan(math.pi / 2 * (u0 + (u1 - u0) * t)))
+            return (g - g0) / (g1 - g0)
+        ends = self.shape_net(torch.stack([t.new_zeros(()), t.new_ones(())]))
+        return (self.shape_net(t) - ends[0]) / (ends[1] - ends[0])
+
+    def gamma(self, t: torch.Tensor) -> torch.Tensor:
+        """Shapes: t (B,) in [0, 1] -> (B,) float64."""
+        t = t.to(torch.float64)
+        return self.gamma_min + (self.gamma_max - self.gamma_min) * self._unit_shape(t)
+
+    def gamma_and_derivative(self, t: torch.Tensor, create_graph: bool = False):
+        """gamma(t) and d gamma / dt, the weight of the continuous-time diffusion loss.
+
+        The derivative comes from autograd so that every schedule kind gets it exactly.
+
+        Shapes: t (B,) -> ((B,), (B,)) float64.
+        """
+        with torch.enable_grad():
+            t = t.detach().to(torch.float64).requires_grad_(True)
+            g = self.gamma(t)
+            (dg,) = torch.autograd.grad(g.sum(), t, create_graph=True)
+        if not create_graph:
+            dg = dg.detach()
+        return g, dg
+
+    def abar(self, t: torch.Tensor) -> torch.Tensor:
+        """Shapes: t (B,) -> (B,) float64."""
+        return gamma_to_abar(self.gamma(t))

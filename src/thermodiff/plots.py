@@ -288,7 +288,7 @@ def drift_field(
                   headaxislength=3.5, pivot="tail", zorder=2)
     if typical > 0:
         key_len = float(f"{typical:.1g}")  # a round reference length, in data units
-        ax.quiverkey(q, 0.83, 1.015, key_len, f"{key_len:g} (data units)",
+        ax.quiverkey(q, 0.83, 1.015, key_len, f"{key_len:g} (axis units)",
                      labelpos="W", coordinates="axes", fontproperties={"size": "small"})
     else:
         ax.text(0.98, 1.01, "drift is zero everywhere", transform=ax.transAxes,

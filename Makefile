@@ -19,8 +19,10 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/thermodiff demo --out demo
 
+# Two test workers on two cores, one torch thread each: more threads than cores make
+# torch's thread pool spin and run an order of magnitude slower.
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 tests
 
 bench-smoke: $(STAMP)
 	$(BIN)/thermodiff --quiet bench swissroll --smoke --json runs/smoke-swissroll.json

@@ -54,3 +54,24 @@ def test_objectives_run_and_give_gradients(sets):
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
     if cfg.process.schedule == "learned":
         assert model.schedule.beta_logits.grad is not None
+
+
+def test_learned_continuous_schedule_interior_follows_the_loss_variance():
+    """VDM: the interior of a learned continuous schedule gets d/dtheta of E[L^2] / 2,
+    the endpoints and the network the gradient of the bound itself."""
+    from thermodiff.train import train_step
+
+    cfg = config.apply_overrides(config.Config(), ["process.schedule=learned", "model.width=16", "model.depth=1",
+                                                   "train.batch_size=64", "train.grad_clip=0"])
+    model = build_model(cfg, (2,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    sampler = make_time_sampler(model, "uniform")
+    x0 = torch.randn(64, 2) * 0.1
+    train_step(model, opt, x0, cfg.train, sampler, torch.Generator().manual_seed(0))
+    loss, _ = loss_per_example(model, "bound", x0, sampler, torch.Generator().manual_seed(0))
+    inner = list(model.schedule.shape_net.parameters())
+    want_inner = torch.autograd.grad((loss.detach() * loss).mean(), inner, retain_graph=True)
+    want_ends = torch.autograd.grad(loss.mean(), [model.schedule.endpoints])[0]
+    for p, g in zip(inner, want_inner):
+        assert torch.allclose(p.grad, g)
+    assert torch.allclose(model.schedule.endpoints.grad, want_ends)

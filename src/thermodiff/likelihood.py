@@ -139,6 +139,7 @@ def bound_terms(model: DiffusionModel, x0: torch.Tensor, n_t: int, generator: to
             n = steps
             i = torch.arange(2, T + 1, device=dev).expand(b, n)
             weight = 1.0
+            centres = torch.arange(2, T + 1, dtype=torch.float64) / T
         else:
             # n strata of the steps 2..T, as equal as integers allow.
             n = n_t
@@ -147,10 +148,10 @@ def bound_terms(model: DiffusionModel, x0: torch.Tensor, n_t: int, generator: to
             u = torch.rand(b, n, generator=generator, dtype=torch.float64)
             i = (lo + (u * width).floor()).long().to(dev) + 2
             weight = width.to(dev)
+            centres = (lo + 2 + (width - 1) / 2) / T  # middle step of each stratum
         eps = torch.randn((b * n,) + x0.shape[1:], generator=generator).to(dev)
         kl = kl_term(model, x0.repeat_interleave(n, 0), i.reshape(-1), eps).reshape(b, n)
         vals = kl.to(torch.float64) * weight
-        centres = i[0].to(torch.float64).cpu() / T if steps <= n_t else (edges[:-1] + edges[1:]) / 2 / T + 1 / T
     eps0 = torch.randn(x0.shape, generator=generator).to(dev)
     return BoundTerms(
         prior=prior_term(model, x0),

@@ -58,8 +58,20 @@ def train_step(model, optimizer, x0, cfg_train, sampler: TimeSampler, generator)
     """One optimisation step on a batch of scaled data. Shapes: x0 (B, *D)."""
     loss, info = loss_per_example(model, cfg_train.objective, x0, sampler, generator, cfg_train.hybrid_lambda)
     optimizer.zero_grad(set_to_none=True)
-    loss.mean().backward()
     params = [p for g in optimizer.param_groups for p in g["params"]]
+    shape = getattr(model.schedule, "shape_net", None)
+    if shape is None:
+        loss.mean().backward()
+    else:
+        # VDM: the continuous-time bound does not depend on the schedule's interior
+        # (only on its endpoints), so the interior is trained to minimise the variance
+        # of the loss estimate instead: d Var[L] / d theta = 2 E[L dL/d theta].
+        inner = set(shape.parameters())
+        rest = [p for p in params if p not in inner]
+        grads = torch.autograd.grad(loss.mean(), rest, retain_graph=True, allow_unused=True)
+        grads += torch.autograd.grad((loss.detach() * loss).mean(), list(inner), allow_unused=True)
+        for p, g in zip(rest + list(inner), grads):
+            p.grad = g
     if cfg_train.grad_clip > 0:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg_train.grad_clip))
     else:

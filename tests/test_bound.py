@@ -121,3 +121,19 @@ def test_stratified_discrete_estimator_is_unbiased():
     full, se_full = mean_bound(model, x0, 4000, n_t=64)
     strat, se_strat = mean_bound(model, x0, 4000, n_t=5, seed=1)
     assert abs(float(full - strat)) < 4 * math.hypot(float(se_full), float(se_strat))
+
+
+def test_importance_proposal_in_evaluation_keeps_the_estimate():
+    """Evaluating with a learned time proposal changes the variance, not the mean."""
+    from thermodiff.objectives import TimeSampler
+
+    model = oracle_model(ContinuousSchedule("linear-logsnr"), 0.05, "eps", "fixed-small")
+    x0 = torch.tensor([[0.1, -0.2]], dtype=torch.float64).repeat(2000, 1)
+    skewed = TimeSampler(20, importance=True, warmup=1)
+    skewed.second_moment = torch.linspace(0.01, 4.0, 20, dtype=torch.float64) ** 2
+    skewed.counts += 5
+    a = bound_terms(model, x0, 8, torch.Generator().manual_seed(0)).nll
+    b = bound_terms(model, x0, 8, torch.Generator().manual_seed(1), sampler=skewed)
+    se = math.hypot(float(a.std()), float(b.nll.std())) / math.sqrt(2000)
+    assert abs(float(a.mean() - b.nll.mean())) < 4 * se
+    assert b.per_t.shape == (2000, 20) and torch.allclose(b.per_t.sum(1), b.diffusion)

@@ -73,7 +73,8 @@ def run_benchmark(name: str, cfg: config_mod.Config, out: Path, progress: bool =
     wall = time.perf_counter() - t0
     _, model, meta = load_run(out, use_ema=cfg.eval.use_ema)
     record = {"benchmark": name}
-    record.update(evaluate_run(model, dataset.test, cfg.eval, dataset.log_density, progress=progress))
+    record.update(evaluate_run(model, dataset.test, cfg.eval, dataset.log_density, progress=progress,
+                               sampler=meta["time_sampler"]))
     record.update(
         train_seconds=meta["train_seconds"],
         train_wall_seconds=wall,

@@ -89,7 +89,7 @@ def cmd_evaluate(args) -> int:
     if args.n_t is not None:
         eval_cfg = config.replace(cfg, eval={"n_t": args.n_t}).eval
     y, log_density = _load_test(args, cfg, model)
-    record = evaluate_run(model, y, eval_cfg, log_density, progress=not args.quiet)
+    record = evaluate_run(model, y, eval_cfg, log_density, progress=not args.quiet, sampler=meta["time_sampler"])
     record["train_steps"] = meta["step"]
     record["train_seconds"] = meta["train_seconds"]
     for key in ("K_bits", "K_bits_scaled", "exact_bits_scaled", "gap_bits", "gap_stderr_bits", "L_null_bits",

@@ -19,6 +19,7 @@ import torch
 from .model import DiffusionModel
 from .parametrization import reverse_kernel, x0_and_eps
 from .processes.gaussian import (
+    expand_as,
     forward_decoder_nll,
     kl_normal,
     log_normal,
@@ -72,9 +73,16 @@ def kl_term(model: DiffusionModel, x0, i, eps, detach_mean: bool = False) -> tor
 
 
 def diffusion_integrand(model: DiffusionModel, x0, t, eps) -> torch.Tensor:
-    """1/2 gamma'(t) |eps - eps_hat(x_t, t)|^2: the continuous-time diffusion loss at t, nats.
+    """The continuous-time diffusion loss at t, less its analytic reference part, nats.
 
-    Its integral over t in [0, 1] is the T -> infinity limit of the sum of KL terms.
+    The diffusion term is 1/2 int_0^1 gamma'(t) E|eps - eps_hat(x_t, t)|^2 dt (VDM), the
+    T -> infinity limit of the sum of KL terms. It is split as
+      1/2 gamma' (|eps - eps_hat|^2 - |eps - eps_ref|^2)  +  1/2 gamma' |eps - eps_ref|^2
+    with eps_ref = sqrt(1 - abar_t) x_t, the exact prediction for N(0, I) data. The
+    second part has a closed-form expectation (``reference_diffusion``); this function
+    returns the first, a control variate: where eps cannot be predicted from x_t (low
+    noise relative to the data's structure) or where the reference is already right
+    (high noise), both squares carry the same chi-square noise and it cancels.
 
     Shapes: x0, eps (B, *D), t (B,) in [0, 1] -> (B,) float64.
     """
@@ -83,7 +91,32 @@ def diffusion_integrand(model: DiffusionModel, x0, t, eps) -> torch.Tensor:
     x_t = q_sample(x0, abar_t, eps)
     out = model(x_t, t)
     _, eps_hat = x0_and_eps(model.spec.parametrization, out[:, 0], x_t, abar_t)
-    return 0.5 * dgamma * sum_dims((eps - eps_hat).to(torch.float64) ** 2)
+    eps_ref = expand_as((1 - abar_t).sqrt(), x_t) * x_t
+    # |e - a|^2 - |e - b|^2 = (b - a).(2e - a - b): no cancellation of two large squares.
+    diff = sum_dims(((eps_ref - eps_hat) * (2 * eps - eps_hat - eps_ref)).to(torch.float64))
+    return 0.5 * dgamma * diff
+
+
+def _reference_antiderivatives(gamma):
+    """F, G with dF/dgamma = sigmoid(-gamma)^2 = alpha^4 and dG/dgamma = alpha^2 sigma^2."""
+    return torch.sigmoid(-gamma) + torch.nn.functional.logsigmoid(gamma), torch.sigmoid(gamma)
+
+
+def reference_diffusion(x0, gamma_lo, gamma_hi) -> torch.Tensor:
+    """1/2 int E|eps - eps_ref|^2 dgamma over [gamma_lo, gamma_hi], in closed form, nats.
+
+    With x_t = alpha x0 + sigma eps and eps_ref = sigma x_t: eps - eps_ref =
+    alpha^2 eps - alpha sigma x0, so E|.|^2 = D alpha^4 + alpha^2 sigma^2 |x0|^2.
+
+    Shapes: x0 (B, *D); gamma_lo, gamma_hi () or (n,) float64 -> (B,) or (B, n).
+    """
+    f_lo, g_lo = _reference_antiderivatives(gamma_lo)
+    f_hi, g_hi = _reference_antiderivatives(gamma_hi)
+    sq = sum_dims(x0.to(torch.float64) ** 2)
+    d = x0[0].numel()
+    if torch.as_tensor(gamma_lo).dim() == 0:
+        return 0.5 * (d * (f_hi - f_lo) + sq * (g_hi - g_lo))
+    return 0.5 * (d * (f_hi - f_lo)[None] + sq[:, None] * (g_hi - g_lo)[None])
 
 
 def reconstruction_term(model: DiffusionModel, x0, eps) -> torch.Tensor:
@@ -113,25 +146,33 @@ def prior_term(model: DiffusionModel, x0) -> torch.Tensor:
     return prior_kl(x0.to(torch.float64), abar_T)
 
 
-def bound_terms(model: DiffusionModel, x0: torch.Tensor, n_t: int, generator: torch.Generator) -> BoundTerms:
+def bound_terms(model: DiffusionModel, x0: torch.Tensor, n_t: int, generator: torch.Generator, sampler=None) -> BoundTerms:
     """-K's terms for a batch, with the diffusion term estimated at n_t times per example.
 
     Discrete time with T - 1 <= n_t: every step t = 2..T once (one x_t per step).
-    Otherwise the times are stratified: n_t equal strata of [0, 1] (continuous) or of
-    the steps 2..T (discrete), one uniform draw per stratum and example; each column
-    of per_t is then an unbiased estimate of that stratum's contribution.
+    Otherwise the times are stratified: n_t equal strata of [0, 1] for each example,
+    mapped through the time sampler's proposal (importance sampling, if it learned one;
+    continuous time), or n_t strata of the steps 2..T (discrete). per_t holds unbiased
+    estimates of each step's or time bin's contribution.
 
     Shapes: x0 (B, *D) -> BoundTerms with (B,) fields and per_t (B, n).
     """
     b = x0.shape[0]
     dev = x0.device
     if model.continuous:
-        n = n_t
-        u = torch.rand(b, n, generator=generator, dtype=torch.float64).to(dev)
-        t = (torch.arange(n, device=dev, dtype=torch.float64) + u) / n  # (B, n)
-        eps = torch.randn((b * n,) + x0.shape[1:], generator=generator).to(dev)
-        vals = diffusion_integrand(model, x0.repeat_interleave(n, 0), t.reshape(-1), eps).reshape(b, n) / n
-        centres = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+        from .objectives import TimeSampler
+
+        sampler = sampler or TimeSampler(n_t)
+        k = sampler.n_bins
+        u = (torch.arange(n_t, dtype=torch.float64) + torch.rand(b, n_t, generator=generator, dtype=torch.float64)) / n_t
+        bins, pos, weight = sampler.quantile(u.reshape(-1))
+        t = ((bins + pos) / k).to(dev)
+        eps = torch.randn((b * n_t,) + x0.shape[1:], generator=generator).to(dev)
+        resid = diffusion_integrand(model, x0.repeat_interleave(n_t, 0), t, eps) * weight.to(dev) / n_t
+        edges = model.schedule.gamma(torch.linspace(0, 1, k + 1, dtype=torch.float64, device=dev))
+        vals = reference_diffusion(x0, edges[:-1], edges[1:])  # (B, k), exact
+        vals = vals.scatter_add(1, bins.to(dev).reshape(b, n_t), resid.reshape(b, n_t))
+        centres = (torch.arange(k, dtype=torch.float64) + 0.5) / k
     else:
         T = model.schedule.T
         steps = T - 1
@@ -170,10 +211,13 @@ def evaluate(
     batch_size: int = 1024,
     seed: int = 0,
     progress: bool = False,
+    sampler=None,
 ) -> BoundTerms:
     """-K's terms on data y in the data's own units, batched, on the model's device.
 
     batch_size counts network evaluations: about batch_size // n_t examples a batch.
+    sampler: the run's time sampler, whose learned proposal lowers the variance of the
+    continuous-time estimate (uniform when None).
 
     Shapes: y (N, *D) -> BoundTerms with (N,) fields, per_t (N, n).
     """
@@ -189,7 +233,7 @@ def evaluate(
     parts = []
     for start in chunks:
         x0 = model.scaler(y[start : start + per_batch]).to(dev)
-        parts.append(bound_terms(model, x0, n_t, gen))
+        parts.append(bound_terms(model, x0, n_t, gen, sampler))
     return BoundTerms(
         prior=torch.cat([p.prior.cpu() for p in parts]),
         diffusion=torch.cat([p.diffusion.cpu() for p in parts]),

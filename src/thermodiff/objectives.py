@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from .errors import ConfigError
-from .likelihood import diffusion_integrand, kl_term, prior_term, reconstruction_term
+from .likelihood import diffusion_integrand, kl_term, prior_term, reconstruction_term, reference_diffusion
 from .model import DiffusionModel
 from .parametrization import reverse_kernel, target
 from .processes.gaussian import q_sample, sum_dims
@@ -36,7 +36,7 @@ class TimeSampler:
     starved; uniform until every bin has been seen ``warmup`` times.
     """
 
-    def __init__(self, n_bins: int, importance: bool = False, warmup: int = 10, decay: float = 0.99, uniform_mix: float = 0.01):
+    def __init__(self, n_bins: int, importance: bool = False, warmup: int = 10, decay: float = 0.99, uniform_mix: float = 0.1):
         self.n_bins = n_bins
         self.importance = importance
         self.warmup = warmup
@@ -54,27 +54,33 @@ class TimeSampler:
         p = p / p.sum()
         return (1 - self.uniform_mix) * p + self.uniform_mix * uniform
 
-    def sample(self, batch: int, generator: torch.Generator):
-        """Bins, positions within them, and weights.
+    def quantile(self, u: torch.Tensor):
+        """Map uniforms to (bin, position in bin, weight) through the proposal's inverse CDF.
 
-        Uniform draws are stratified over the batch (a shared random offset, VDM's
-        low-discrepancy sampler), which lowers the variance of the batch mean for free.
+        Stratified uniforms stay stratified in the proposal, so importance sampling and
+        stratification combine.
 
-        Shapes: returns bin (B,) long, u (B,) float64 in [0, 1), weight (B,) float64.
+        Shapes: u (N,) float64 in [0, 1) -> bin (N,) long, pos (N,) float64, weight (N,) float64.
         """
         p = self.probabilities()
-        if self.importance and int(self.counts.min()) >= self.warmup:
-            bins = torch.multinomial(p, batch, replacement=True, generator=generator)
-            u = torch.rand(batch, generator=generator, dtype=torch.float64)
-        else:
-            offset = torch.rand((), generator=generator, dtype=torch.float64)
-            pos = (offset + torch.arange(batch, dtype=torch.float64) / batch) % 1.0
-            pos = pos[torch.randperm(batch, generator=generator)]
-            scaled = pos * self.n_bins
-            bins = scaled.floor().long().clamp_max(self.n_bins - 1)
-            u = scaled - bins
-        weight = 1.0 / (self.n_bins * p[bins])
-        return bins, u, weight
+        cdf = torch.cat([p.new_zeros(1), p.cumsum(0)])
+        cdf[-1] = 1.0
+        bins = (torch.searchsorted(cdf, u, right=True) - 1).clamp(0, self.n_bins - 1)
+        pos = ((u - cdf[bins]) / p[bins]).clamp(0.0, 1.0 - 1e-12)
+        return bins, pos, 1.0 / (self.n_bins * p[bins])
+
+    def sample(self, batch: int, generator: torch.Generator):
+        """Bins, positions within them, and weights for a batch.
+
+        The uniforms behind the draws are stratified over the batch (a shared random
+        offset, VDM's low-discrepancy sampler), which lowers the variance of the batch
+        mean for free.
+
+        Shapes: returns bin (B,) long, pos (B,) float64 in [0, 1), weight (B,) float64.
+        """
+        offset = torch.rand((), generator=generator, dtype=torch.float64)
+        u = (offset + torch.arange(batch, dtype=torch.float64) / batch) % 1.0
+        return self.quantile(u[torch.randperm(batch, generator=generator)])
 
     def update(self, bins: torch.Tensor, values: torch.Tensor) -> None:
         """Record the unweighted per-bin terms of a batch.
@@ -132,12 +138,15 @@ def bound_loss(model: DiffusionModel, x0, sampler: TimeSampler, generator, detac
     eps = torch.randn(x0.shape, generator=generator).to(dev)
     if model.continuous:
         term = diffusion_integrand(model, x0, when.to(dev), eps)
+        sched = model.schedule
+        known = reference_diffusion(x0, sched.gamma_min, sched.gamma_max)  # the control variate's mean
     else:
         term = kl_term(model, x0, when.to(dev), eps, detach_mean=detach_mean).to(torch.float64)
+        known = 0.0
     # The prior and reconstruction terms are kept even where they are constant: they
     # depend on a learned schedule's endpoints, and the loss then reads as -K.
     eps0 = torch.randn(x0.shape, generator=generator).to(dev)
-    loss = prior_term(model, x0) + term * weight.to(dev) + reconstruction_term(model, x0, eps0)
+    loss = prior_term(model, x0) + known + term * weight.to(dev) + reconstruction_term(model, x0, eps0)
     return loss, (bins, term)
 
 

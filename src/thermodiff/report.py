@@ -32,19 +32,21 @@ def write_json(path: str | Path, record: dict) -> None:
     os.replace(tmp, path)
 
 
-def evaluate_run(model: DiffusionModel, y: torch.Tensor, eval_cfg, log_density=None, progress: bool = False) -> dict:
+def evaluate_run(model: DiffusionModel, y: torch.Tensor, eval_cfg, log_density=None, progress: bool = False,
+                 sampler=None) -> dict:
     """The evaluation record of a model on held-out data y (data's own units).
 
     With the data set's exact log-density (nats, data units) the record adds
     ``exact_bits`` / ``exact_bits_scaled`` (mean exact log-likelihood), ``gap_bits``
     (exact minus K, the bound's looseness) and ``gap_stderr_bits``, the standard
-    error of the gap paired over the same points.
+    error of the gap paired over the same points. sampler: the run's time sampler.
 
     Shapes: y (N, *D).
     """
     if eval_cfg.max_examples and y.shape[0] > eval_cfg.max_examples:
         y = y[: eval_cfg.max_examples]
-    terms = evaluate(model, y, n_t=eval_cfg.n_t, batch_size=eval_cfg.batch_size, seed=eval_cfg.seed, progress=progress)
+    terms = evaluate(model, y, n_t=eval_cfg.n_t, batch_size=eval_cfg.batch_size, seed=eval_cfg.seed,
+                     progress=progress, sampler=sampler)
     record = summarize(model, terms, y)
     if log_density is not None:
         log_det = model.scaler.log_det(model.n_dims)

@@ -224,7 +224,10 @@ def fit(cfg: config_mod.Config, data: Dataset, out: str | Path, progress: bool =
 
 
 def load_run(run: str | Path, use_ema: bool = True, device: str = "cpu"):
-    """Load a run folder: (config, model with EMA weights if any, checkpoint metadata)."""
+    """Load a run folder: (config, model with EMA weights if any, checkpoint metadata).
+
+    The metadata holds "step", "train_seconds" and the run's "time_sampler".
+    """
     run = Path(run)
     if not run.is_dir():
         raise CheckpointError(f"{run}: run folder not found")
@@ -243,4 +246,11 @@ def load_run(run: str | Path, use_ema: bool = True, device: str = "cpu"):
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise CheckpointError(f"{run}: checkpoint does not match its config ({str(exc).splitlines()[0][:160]})") from None
+    # The time sampler's learned proposal is part of the run: evaluation reuses it.
+    sampler = make_time_sampler(model, cfg.train.t_sampling, cfg.train.t_bins)
+    try:
+        sampler.load_state_dict(states["sampler"])
+    except (KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{run}: checkpoint's time sampler does not match its config ({exc})") from None
+    meta = dict(meta, time_sampler=sampler)
     return cfg, model.to(device).eval(), meta

@@ -92,15 +92,20 @@ def cmd_evaluate(args) -> int:
     record = evaluate_run(model, y, eval_cfg, log_density, progress=not args.quiet, sampler=meta["time_sampler"])
     record["train_steps"] = meta["step"]
     record["train_seconds"] = meta["train_seconds"]
-    for key in ("K_bits", "K_bits_scaled", "exact_bits_scaled", "gap_bits", "gap_stderr_bits", "L_null_bits",
-                "K_minus_L_null_bits", "bits_per_dim", "stderr_bits", "n_examples"):
-        if key in record:
-            v = record[key]
-            print(f"{key:>22}  {v:.5f}" if isinstance(v, float) else f"{key:>22}  {v}")
+    _print_record(record, ("K_bits", "K_bits_scaled", "exact_bits_scaled", "gap_bits", "gap_stderr_bits", "L_null_bits",
+                           "K_minus_L_null_bits", "bits_per_dim", "stderr_bits", "n_examples"))
     if args.json:
         write_json(args.json, record)
         print(f"wrote {args.json}")
     return 0
+
+
+def _print_record(record: dict, keys) -> None:
+    """One aligned line per figure of an evaluation record that is present."""
+    for key in keys:
+        if key in record:
+            v = record[key]
+            print(f"{key:>22}  {v:.5f}" if isinstance(v, float) else f"{key:>22}  {v}")
 
 
 def cmd_sample(args) -> int:
@@ -146,10 +151,8 @@ def cmd_bench(args) -> int:
     cfg = bench_config(args.name, smoke=args.smoke)
     out = Path(args.out) if args.out else Path("runs") / f"bench-{args.name}{'-smoke' if args.smoke else ''}"
     record = run_benchmark(args.name, cfg, out, progress=not args.quiet, figures=not args.smoke, fresh=True)
-    for key in ("K_bits_scaled", "exact_bits_scaled", "gap_bits", "gap_stderr_bits", "stderr_bits", "train_seconds", "device"):
-        if key in record:
-            v = record[key]
-            print(f"{key:>18}  {v:.5f}" if isinstance(v, float) else f"{key:>18}  {v}")
+    _print_record(record, ("K_bits_scaled", "exact_bits_scaled", "gap_bits", "gap_stderr_bits", "stderr_bits",
+                           "train_seconds", "device"))
     if args.json:
         from .report import write_json
 

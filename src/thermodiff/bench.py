@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from . import config as config_mod
+from .atomic import atomic_write
 from . import data as data_mod
 
 BENCHMARKS = {
@@ -87,5 +88,6 @@ def run_benchmark(name: str, cfg: config_mod.Config, out: Path, progress: bool =
     if figures:
         names = [p.name for p in draw(model, dataset.train, record, out)]
     write_json(out / "eval.json", record)
-    (out / "report.md").write_text(markdown(record, f"thermodiff {name}", names))
+    with atomic_write(out / "report.md") as f:
+        f.write(markdown(record, f"thermodiff {name}", names))
     return record

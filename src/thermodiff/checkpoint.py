@@ -10,14 +10,13 @@ os.replace, so a crash mid-write leaves the previous checkpoint intact.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .atomic import atomic_path
 from .errors import CheckpointError
 
 FORMAT = "thermodiff-checkpoint-1"
@@ -56,14 +55,8 @@ def save(path: str | Path, states: dict[str, dict], meta: dict) -> None:
     tensors: dict[str, torch.Tensor] = {}
     rest = {name: _flatten(f"{name}/", state, tensors) for name, state in states.items()}
     header = {"format": FORMAT, "meta": meta, "rest": rest}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"thermodiff": json.dumps(header)})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"thermodiff": json.dumps(header)})
 
 
 def load(path: str | Path) -> tuple[dict[str, dict], dict]:

@@ -22,12 +22,13 @@ is a circle on the page; data are dimensionless, so 2-D axes are labelled ``x1``
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .atomic import atomic_write
 
 __all__ = [
     "trajectory_grid",
@@ -71,26 +72,11 @@ def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
         )
     folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            # bbox_inches="tight" is a safety net: constrained layout can leave a few
-            # pixels of an x label outside the canvas when panels have equal aspect.
-            fig.savefig(fh, format=fmt, dpi=DPI, facecolor="white",
-                        bbox_inches="tight", pad_inches=0.08)
-            fh.flush()
-            os.fsync(fh.fileno())
-        # mkstemp makes the file private (0600); give it the usual umask-based mode.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_write(path, "wb") as fh:
+        # bbox_inches="tight" is a safety net: constrained layout can leave a few
+        # pixels of an x label outside the canvas when panels have equal aspect.
+        fig.savefig(fh, format=fmt, dpi=DPI, facecolor="white",
+                    bbox_inches="tight", pad_inches=0.08)
     return path
 
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .atomic import atomic_write
 from .likelihood import LN2, evaluate, summarize
 from .model import DiffusionModel
 
@@ -25,11 +24,9 @@ def write_json(path: str | Path, record: dict) -> None:
     """Write JSON atomically (temp file in the same folder, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
+    with atomic_write(path) as f:
         json.dump(record, f, indent=2)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def evaluate_run(model: DiffusionModel, y: torch.Tensor, eval_cfg, log_density=None, progress: bool = False,

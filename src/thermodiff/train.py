@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import checkpoint
+from .atomic import atomic_write
 from . import config as config_mod
 from .data import Dataset
 from .errors import CheckpointError, ConfigError, ThermodiffError
@@ -83,10 +82,8 @@ def train_step(model, optimizer, x0, cfg_train, sampler: TimeSampler, generator)
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
+    with atomic_write(path) as f:
         f.write(text)
-    os.replace(tmp, path)
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:

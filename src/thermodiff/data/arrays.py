@@ -11,12 +11,12 @@ from __future__ import annotations
 import io
 import math
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from thermodiff.atomic import atomic_write
 from thermodiff.errors import DataError
 
 __all__ = ["load_array", "save_array", "split_holdout", "SUPPORTED_EXTENSIONS"]
@@ -260,21 +260,7 @@ def save_array(path: str | os.PathLike, x: np.ndarray) -> None:
     if not directory.is_dir():
         raise DataError(f"{path}: directory {directory} does not exist")
     try:
-        fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise DataError(f"{path}: cannot create a file there ({_one_line(exc)})") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
+        with atomic_write(path, "wb") as handle:
             _write_payload(handle, ext, x)
-            handle.flush()
-            os.fsync(handle.fileno())  # data on disk before the rename makes it visible
-        os.replace(tmp_name, path)
-    except BaseException as exc:
-        # Any failure (including KeyboardInterrupt) removes the partial temp file.
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        if isinstance(exc, OSError):
-            raise DataError(f"{path}: cannot write file ({_one_line(exc)})") from None
-        raise
+    except OSError as exc:
+        raise DataError(f"{path}: cannot write file ({_one_line(exc)})") from None

@@ -68,7 +68,7 @@ class ModelConfig:
 class TrainConfig:
     objective: str = "bound"  # bound | simple | hybrid
     hybrid_lambda: float = 0.001
-    t_sampling: str = "uniform"  # uniform | importance
+    t_sampling: str = "importance"  # uniform | importance
     t_bins: int = 100  # continuous time: bins of the importance sampler
     batch_size: int = 512
     steps: int = 20_000

@@ -53,3 +53,15 @@ def test_bench_smoke(tmp_path):
                     "train_seconds", "device", "commit"):
             assert key in rec, key
         assert math.isfinite(rec["gap_bits"]) and rec["gap_bits"] > -3 * rec["gap_stderr_bits"]
+
+
+def test_ema_warmup_ramps_the_decay():
+    from thermodiff.train import ema_with_warmup
+
+    avg, cur = [torch.zeros(3)], [torch.ones(3)]
+    update = ema_with_warmup(0.999)
+    update(avg, cur, torch.tensor(0))  # decay (1 + 0) / (10 + 0) = 0.1
+    assert torch.allclose(avg[0], torch.full((3,), 0.9))
+    avg = [torch.zeros(3)]
+    update(avg, cur, torch.tensor(10**6))  # capped at the configured decay
+    assert torch.allclose(avg[0], torch.full((3,), 0.001))

@@ -8,7 +8,6 @@ budgets cut to seconds. Its figures mean nothing.
 from __future__ import annotations
 
 import platform
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -65,9 +64,14 @@ def run_benchmark(name: str, cfg: config_mod.Config, out: Path, progress: bool =
     from .report import figures as draw
     from .train import fit, load_run
 
+    from .train import CHECKPOINT, CONFIG, METRICS
+
     out = Path(out)
-    if fresh and out.exists():
-        shutil.rmtree(out)
+    if fresh:
+        # Start over, removing only the files a run writes (never the folder itself:
+        # --out may name a folder that holds other things).
+        for name in (CHECKPOINT, CONFIG, METRICS):
+            (out / name).unlink(missing_ok=True)
     dataset = data_mod.load(cfg.data)
     t0 = time.perf_counter()
     fit(cfg, dataset, out, progress=progress)

@@ -136,7 +136,7 @@ def cmd_demo(args) -> int:
     cfg = config.load(config_path("demo"))
     if args.steps is not None:
         cfg = config.replace(cfg, train={"steps": args.steps, "max_seconds": 0.0})
-    record = run_benchmark("demo", cfg, out, progress=not args.quiet, figures=True)
+    record = run_benchmark("demo", cfg, out, progress=not args.quiet, figures=True, fresh=True)
     print(f"K = {record['K_bits_scaled']:.3f} bits, exact log-likelihood = {record['exact_bits_scaled']:.3f} bits, "
           f"gap = {record['gap_bits']:.3f} +- {record['gap_stderr_bits']:.3f} bits (scaled data)")
     print(f"report: {out / 'report.md'}")

@@ -121,6 +121,9 @@ def test_bad_inputs_give_one_line_errors(arrays, tmp_path, trained):
         (("train", tmp_path / "bad.toml", "--out", out), "malformed TOML"),
         (("train", tmp_path / "unknown.toml", "--out", out), "train.stepz"),
         (("train", "--data", arrays / "my.npy", "--out", out, "--set", "train.lr=fast"), "train.lr"),
+        (("train", "--data", arrays / "my.npy", "--out", out, "--set", "model.parametrization=paper",
+          "--set", "train.objective=simple"), "paper"),
+        (("train", "--data", arrays / "my.npy", "--out", out, "--set", "process.time=discrete"), "schedule"),
         (("evaluate", trained, "--data", tmp_path / "wrongdim.npy"), "shape"),
         (("evaluate", tmp_path / "norun"), "norun"),
     ]

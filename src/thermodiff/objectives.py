@@ -108,6 +108,14 @@ class TimeSampler:
         self.counts.copy_(state["counts"])
 
 
+def check_objective(objective: str, parametrization: str) -> None:
+    """Raise ConfigError for an objective that cannot train this parametrisation."""
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    if objective != "bound" and parametrization == "paper":
+        raise ConfigError(f"objective {objective!r} regresses eps, x0 or v; the paper's kernel trains on the bound")
+
+
 def make_time_sampler(model: DiffusionModel, t_sampling: str, n_bins: int = 100) -> TimeSampler:
     """Bins: the T - 1 steps 2..T in discrete time, n_bins of [0, 1] in continuous time."""
     if t_sampling not in T_SAMPLING:

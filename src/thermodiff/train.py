@@ -21,7 +21,7 @@ from . import config as config_mod
 from .data import Dataset
 from .errors import CheckpointError, ConfigError, ThermodiffError
 from .model import DiffusionModel, build_model
-from .objectives import TimeSampler, loss_per_example, make_time_sampler
+from .objectives import TimeSampler, check_objective, loss_per_example, make_time_sampler
 
 CHECKPOINT = "checkpoint.safetensors"
 CONFIG = "config.toml"
@@ -127,6 +127,7 @@ def fit(cfg: config_mod.Config, data: Dataset, out: str | Path, progress: bool =
     out = Path(out)
     tc = cfg.train
     lr_factor(tc.lr_schedule, 0.0, 0, 0)  # validate before anything is written
+    check_objective(tc.objective, cfg.model.parametrization)
     device = select_device(tc.device)
     if tc.threads > 0:
         torch.set_num_threads(tc.threads)

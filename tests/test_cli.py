@@ -124,6 +124,8 @@ def test_bad_inputs_give_one_line_errors(arrays, tmp_path, trained):
         (("train", "--data", arrays / "my.npy", "--out", out, "--set", "model.parametrization=paper",
           "--set", "train.objective=simple"), "paper"),
         (("train", "--data", arrays / "my.npy", "--out", out, "--set", "process.time=discrete"), "schedule"),
+        (("train", "--data", arrays / "my.npy", "--out", out, "--set", "train.t_sampling=often"), "t_sampling"),
+        (("train", "--data", arrays / "my.npy", "--out", tmp_path / "bad.toml"), "is a file"),
         (("evaluate", trained, "--data", tmp_path / "wrongdim.npy"), "shape"),
         (("evaluate", tmp_path / "norun"), "norun"),
     ]

@@ -137,6 +137,9 @@ def fit(cfg: config_mod.Config, data: Dataset, out: str | Path, progress: bool =
     model.to(device)
 
     ckpt_path = out / CHECKPOINT
+    sampler = make_time_sampler(model, tc.t_sampling, tc.t_bins)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file; --out must name a run folder")
     if (out / CONFIG).exists():
         saved = config_mod.load(out / CONFIG)
         if not _resumable(saved, cfg):
@@ -150,7 +153,6 @@ def fit(cfg: config_mod.Config, data: Dataset, out: str | Path, progress: bool =
         if tc.ema_decay > 0
         else None
     )
-    sampler = make_time_sampler(model, tc.t_sampling, tc.t_bins)
     gen = torch.Generator().manual_seed(tc.seed)
     step, seconds = 0, 0.0
 

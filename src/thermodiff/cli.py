@@ -102,6 +102,8 @@ def cmd_evaluate(args) -> int:
 
 def _print_record(record: dict, keys) -> None:
     """One aligned line per figure of an evaluation record that is present."""
+    if "warning" in record:
+        print(f"thermodiff: warning: {record['warning']}", file=sys.stderr)
     for key in keys:
         if key in record:
             v = record[key]

@@ -54,6 +54,9 @@ def evaluate_run(model: DiffusionModel, y: torch.Tensor, eval_cfg, log_density=N
         record["exact_bits_scaled"] = float(exact_scaled.mean() / LN2)
         record["gap_bits"] = float(gap.mean())
         record["gap_stderr_bits"] = float(gap.std() / math.sqrt(n))
+        if record["gap_bits"] < -3 * record["gap_stderr_bits"]:
+            # A lower bound above the exact log-likelihood beyond its noise is a bug.
+            record["warning"] = "K exceeds the exact log-likelihood by more than 3 standard errors"
     return record
 
 

@@ -138,3 +138,15 @@ def test_importance_proposal_in_evaluation_keeps_the_estimate():
     se = math.hypot(float(a.std()), float(b.nll.std())) / math.sqrt(2000)
     assert abs(float(a.mean() - b.nll.mean())) < 4 * se
     assert b.per_t.shape == (2000, 20) and torch.allclose(b.per_t.sum(1), b.diffusion)
+
+
+def test_evaluation_flags_a_bound_above_the_exact_value():
+    from thermodiff.config import EvalConfig
+    from thermodiff.report import evaluate_run
+
+    model = oracle_model(ContinuousSchedule("linear-logsnr", gamma_min=-10.0, gamma_max=12.0), 1.0, "eps", "fixed-small").float()
+    y = torch.randn(500, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    honest = evaluate_run(model, y, EvalConfig(n_t=16), lambda v: exact_log_p(v, 1.0))
+    assert "warning" not in honest and abs(honest["gap_bits"]) < 4 * honest["gap_stderr_bits"] + 1e-3
+    wrong = evaluate_run(model, y, EvalConfig(n_t=16), lambda v: exact_log_p(v, 1.0) - 1.0)
+    assert "warning" in wrong

@@ -113,10 +113,8 @@ def reference_diffusion(x0, gamma_lo, gamma_hi) -> torch.Tensor:
     f_lo, g_lo = _reference_antiderivatives(gamma_lo)
     f_hi, g_hi = _reference_antiderivatives(gamma_hi)
     sq = sum_dims(x0.to(torch.float64) ** 2)
-    d = x0[0].numel()
-    if torch.as_tensor(gamma_lo).dim() == 0:
-        return 0.5 * (d * (f_hi - f_lo) + sq * (g_hi - g_lo))
-    return 0.5 * (d * (f_hi - f_lo)[None] + sq[:, None] * (g_hi - g_lo)[None])
+    sq = sq.reshape(sq.shape + (1,) * torch.as_tensor(gamma_lo).dim())  # broadcast over the bins
+    return 0.5 * (x0[0].numel() * (f_hi - f_lo) + sq * (g_hi - g_lo))
 
 
 def reconstruction_term(model: DiffusionModel, x0, eps) -> torch.Tensor:

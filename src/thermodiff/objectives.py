@@ -185,11 +185,10 @@ def loss_per_example(model: DiffusionModel, objective: str, x0, sampler, generat
 
     Shapes: x0 (B, *D) -> loss (B,), and the time sampler's (bins, terms) or None.
     """
+    check_objective(objective, model.spec.parametrization)
     if objective == "bound":
         return bound_loss(model, x0, sampler, generator)
     if objective == "simple":
         return simple_loss(model, x0, generator), None
-    if objective == "hybrid":
-        vb, info = bound_loss(model, x0, sampler, generator, detach_mean=True)
-        return simple_loss(model, x0, generator) + hybrid_lambda * vb, info
-    raise ConfigError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    vb, info = bound_loss(model, x0, sampler, generator, detach_mean=True)  # hybrid
+    return simple_loss(model, x0, generator) + hybrid_lambda * vb, info

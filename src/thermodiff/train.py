@@ -165,9 +165,9 @@ def fit(cfg: config_mod.Config, data: Dataset, out: str | Path, progress: bool =
             opt_state = states["optimizer"]
             opt_state["state"] = {int(k): v for k, v in opt_state["state"].items()}
             optimizer.load_state_dict(opt_state)
+            sampler.load_state_dict(states["sampler"])
         except (RuntimeError, KeyError, ValueError) as exc:
             raise CheckpointError(f"{ckpt_path}: does not match the run's config ({str(exc).splitlines()[0][:160]})") from None
-        sampler.load_state_dict(states["sampler"])
         gen.set_state(states["rng"]["generator"])
         step, seconds = int(meta["step"]), float(meta["train_seconds"])
         _truncate_metrics(out / METRICS, step)

@@ -15,12 +15,16 @@ from thermodiff.errors import ConfigError
 from thermodiff.nets.embeddings import FourierFeatures, SinusoidalEmbedding, time_to_index
 from thermodiff.nets.mlp import ResidualMLP
 from thermodiff.nets.rbf import RBFNet
+from thermodiff.nets.sigmoid_mlp import SigmoidMLP
+from thermodiff.nets.unet import UNet
 
 __all__ = [
     "FourierFeatures",
     "SinusoidalEmbedding",
     "ResidualMLP",
     "RBFNet",
+    "SigmoidMLP",
+    "UNet",
     "NETS",
     "build_net",
     "net_options",
@@ -37,10 +41,24 @@ def _rbf(in_dim: int, out_dim: int, num_steps: int, **options: Any) -> nn.Module
     return RBFNet(in_dim, out_dim, num_steps, **options)
 
 
+def _sigmoid_mlp(in_dim: int, out_dim: int, num_steps: int, **options: Any) -> nn.Module:
+    return SigmoidMLP(in_dim, out_dim, num_steps, **options)
+
+
+def _unet(in_dim: int, out_dim: int, num_steps: int, **options: Any) -> nn.Module:
+    # image_shape comes from the data's shape (the model builder passes it), not
+    # from the user; without it the flat input cannot be read as an image.
+    if "image_shape" not in options:
+        raise ConfigError("net 'unet' needs the option image_shape = (C, H, W)")
+    return UNet(in_dim, out_dim, num_steps, **options)
+
+
 # name -> (builder, class whose keyword arguments after the fixed ones are options)
 NETS: dict[str, tuple[Callable[..., nn.Module], type]] = {
     "mlp": (_mlp, ResidualMLP),
     "rbf": (_rbf, RBFNet),
+    "sigmoid_mlp": (_sigmoid_mlp, SigmoidMLP),
+    "unet": (_unet, UNet),
 }
 
 _FIXED = {"self", "in_dim", "out_dim", "num_steps"}
@@ -58,7 +76,8 @@ def net_options(name: str) -> tuple[str, ...]:
 
 
 def build_net(name: str, in_dim: int, out_dim: int, num_steps: int, **options: Any) -> nn.Module:
-    """Build a network by name: ``"mlp"`` (ResidualMLP) or ``"rbf"`` (RBFNet).
+    """Build a network by name: ``"mlp"`` (ResidualMLP), ``"rbf"`` (RBFNet),
+    ``"sigmoid_mlp"`` (SigmoidMLP) or ``"unet"`` (UNet, which needs ``image_shape``).
 
     Options are the network's keyword arguments (see ``net_options``); an unknown
     name or option raises ``ConfigError``.

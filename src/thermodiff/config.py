@@ -25,8 +25,10 @@ else:  # pragma: no cover
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "swissroll"  # swissroll | mixture | array
+    name: str = "swissroll"  # swissroll | mixture | heartbeat | array | mnist
     path: str = ""  # array: the training file (.npy, .npz, .csv)
+    root: str = ""  # mnist: the folder holding the IDX files
+    binarize: str = ""  # mnist: threshold | stochastic (binary data for the binomial process)
     test_path: str = ""  # array: held-out file; empty: hold out test_fraction of path
     test_fraction: float = 0.1
     n_train: int = 100_000  # generated data sets
@@ -36,11 +38,11 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ProcessConfig:
-    kind: str = "gaussian"
+    kind: str = "gaussian"  # gaussian | binomial
     time: str = "continuous"  # discrete | continuous
     T: int = 1000  # discrete: number of steps; continuous: default sampling steps
     schedule: str = "linear-logsnr"  # discrete: binomial linear cosine learned; continuous: linear-logsnr cosine learned
-    beta_1: float = 1e-3  # first step of the binomial and learned schedules
+    beta_1: float = 1e-3  # first step of the binomial and learned schedules; 0: the schedule's own 1/T
     beta_start: float = 1e-4  # linear schedule, given for T = 1000
     beta_end: float = 0.02
     cosine_s: float = 0.008
@@ -51,7 +53,7 @@ class ProcessConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    net: str = "mlp"  # mlp | rbf
+    net: str = "mlp"  # mlp | rbf | sigmoid_mlp (width x depth sigmoid units) | unet
     parametrization: str = "eps"  # paper | eps | x0 | v
     variance: str = "fixed-small"  # fixed-small | fixed-large | learned-range
     decoder: str = "paper"  # paper (last step fixed to the forward kernel) | learned
@@ -62,6 +64,11 @@ class ModelConfig:
     fourier_min_exponent: int = 0
     activation: str = "silu"
     rbf_hidden: int = 16
+    base_channels: int = 32  # unet
+    channel_mults: tuple[int, ...] = (1, 2)  # unet: channels per level, times base_channels
+    num_res_blocks: int = 1  # unet: residual blocks per level
+    attention_levels: tuple[int, ...] = ()  # unet: levels (0 = full resolution) with self-attention
+    dropout: float = 0.0  # unet
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,8 @@ class EvalConfig:
     n_t: int = 64  # diffusion times per example
     batch_size: int = 65_536  # network evaluations per batch
     max_examples: int = 0  # 0: the whole held-out set
+    samples: int = 10_000  # benchmarks: samples drawn to score (binary data with a known support)
+    sample_steps: int = 0  # sampling steps for benchmark samples and figures; 0: every step
     seed: int = 0
     use_ema: bool = True
 
@@ -117,6 +126,10 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         value = float(value) if ok else value
     elif name == "str":
         ok = isinstance(value, str)
+    elif name == "tuple[int, ...]":
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        value = tuple(value) if ok else value
+        name = "list of integers"
     else:  # pragma: no cover - only the types above are used
         raise TypeError(name)
     if not ok:
@@ -148,7 +161,7 @@ def from_dict(cls, data: dict, prefix: str = ""):
 
 def to_dict(cfg) -> dict:
     """Shapes: a config dataclass -> nested dict of TOML-able values."""
-    return dataclasses.asdict(cfg)
+    return dataclasses.asdict(cfg, dict_factory=lambda items: {k: list(v) if isinstance(v, tuple) else v for k, v in items})
 
 
 def dumps(cfg: Config) -> str:

@@ -5,6 +5,8 @@
   diffusion      sum_{t=2..T} E_q KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t))  analytic KL, MC over x_t
                  (continuous time: 1/2 int_0^1 gamma'(t) E|eps - eps_hat|^2 dt, VDM)
   reconstruction -E_q log p(x_0 | x_1)                                paper decoder: analytic
+The same split holds for the binomial process (binary data), with Bernoulli KLs and
+the prior B(1/2); only discrete time there.
 Terms are in nats on the model's (scaled) data; ``summarize`` converts to bits once and
 adds the Jacobian of the data scaling for figures in the data's own units.
 """
@@ -17,7 +19,8 @@ from dataclasses import dataclass
 import torch
 
 from .model import DiffusionModel
-from .parametrization import reverse_kernel, x0_and_eps
+from .parametrization import binomial_reverse_logits, reverse_kernel, x0_and_eps
+from .processes import binomial
 from .processes.gaussian import (
     expand_as,
     forward_decoder_nll,
@@ -53,16 +56,32 @@ class BoundTerms:
         return self.prior + self.diffusion + self.reconstruction
 
 
+def draw_noise(model: DiffusionModel, shape, generator: torch.Generator, device) -> torch.Tensor:
+    """The randomness behind one draw of x_t ~ q(x_t | x_0): standard normal eps for the
+    Gaussian process, uniforms in [0, 1) for the binomial one (see each q_sample).
+
+    Shapes: shape (B, *D) -> (B, *D) on device.
+    """
+    if model.binomial:
+        return torch.rand(shape, generator=generator, dtype=torch.float64).to(device)
+    return torch.randn(shape, generator=generator).to(device)
+
+
 def kl_term(model: DiffusionModel, x0, i, eps, detach_mean: bool = False) -> torch.Tensor:
     """KL(q(x_{i-1} | x_i, x_0) || p(x_{i-1} | x_i)) at one sampled x_i, nats (discrete time).
 
-    detach_mean stops the gradient through the kernel's mean (the hybrid objective
-    trains only the variance on the bound).
+    eps is the noise from ``draw_noise``. detach_mean stops the gradient through the
+    kernel's mean (the hybrid objective trains only the variance on the bound).
 
     Shapes: x0, eps (B, *D), i (B,) long in 2..T -> (B,).
     """
     abar = model.schedule.abar()
     abar_t, abar_s = abar[i], abar[i - 1]
+    if model.binomial:
+        x_t = binomial.q_sample(x0, abar_t, eps)
+        out = model(x_t, i.to(torch.float64) / model.schedule.T)
+        logits_p, _ = binomial_reverse_logits(model.spec.parametrization, out, x_t, abar_s, abar_t)
+        return binomial.kl_bernoulli(binomial.posterior_logits(x_t, x0, abar_s, abar_t), logits_p)
     x_t = q_sample(x0, abar_t, eps)
     out = model(x_t, i.to(torch.float64) / model.schedule.T)
     if detach_mean:
@@ -127,11 +146,15 @@ def reconstruction_term(model: DiffusionModel, x0, eps) -> torch.Tensor:
     """
     b = x0.shape[0]
     abar_1 = model.abar_first().expand(b)
+    process = binomial if model.binomial else None
     if model.spec.decoder == "paper":
-        return forward_decoder_nll(x0, abar_1)
-    x_1 = q_sample(x0, abar_1, eps)
+        return (process.forward_decoder_nll if process else forward_decoder_nll)(x0, abar_1)
+    x_1 = process.q_sample(x0, abar_1, eps) if process else q_sample(x0, abar_1, eps)
     t_1 = torch.zeros(b) if model.continuous else torch.full((b,), 1.0 / model.schedule.T)
     out = model(x_1, t_1.to(x0.device))
+    if process:
+        logits, _ = binomial_reverse_logits(model.spec.parametrization, out, x_1, torch.ones_like(abar_1), abar_1)
+        return -binomial.log_bernoulli(x0, logits)
     mean, var, _ = reverse_kernel(
         model.spec.parametrization, model.spec.variance, out, x_1, torch.ones_like(abar_1), abar_1
     )
@@ -139,9 +162,9 @@ def reconstruction_term(model: DiffusionModel, x0, eps) -> torch.Tensor:
 
 
 def prior_term(model: DiffusionModel, x0) -> torch.Tensor:
-    """KL(q(x_T | x_0) || N(0, I)), nats. Shapes: x0 (B, *D) -> (B,) float64."""
+    """KL(q(x_T | x_0) || pi), nats. Shapes: x0 (B, *D) -> (B,) float64."""
     abar_T = model.abar_last().expand(x0.shape[0])
-    return prior_kl(x0.to(torch.float64), abar_T)
+    return (binomial.prior_kl if model.binomial else prior_kl)(x0.to(torch.float64), abar_T)
 
 
 def bound_terms(model: DiffusionModel, x0: torch.Tensor, n_t: int, generator: torch.Generator, sampler=None) -> BoundTerms:
@@ -188,10 +211,10 @@ def bound_terms(model: DiffusionModel, x0: torch.Tensor, n_t: int, generator: to
             i = (lo + (u * width).floor()).long().to(dev) + 2
             weight = width.to(dev)
             centres = (lo + 2 + (width - 1) / 2) / T  # middle step of each stratum
-        eps = torch.randn((b * n,) + x0.shape[1:], generator=generator).to(dev)
+        eps = draw_noise(model, (b * n,) + x0.shape[1:], generator, dev)
         kl = kl_term(model, x0.repeat_interleave(n, 0), i.reshape(-1), eps).reshape(b, n)
         vals = kl.to(torch.float64) * weight
-    eps0 = torch.randn(x0.shape, generator=generator).to(dev)
+    eps0 = draw_noise(model, x0.shape, generator, dev)
     return BoundTerms(
         prior=prior_term(model, x0),
         diffusion=vals.sum(1),
@@ -255,7 +278,9 @@ def summarize(model: DiffusionModel, terms: BoundTerms, y: torch.Tensor) -> dict
 
     K_bits: mean K per example in the data's own units (Jacobian of the scaling included);
     K_bits_scaled: the paper's convention (unit-variance data); L_null_bits: mean log
-    likelihood under pi = N(0, I) on scaled data; bits_per_dim: -K_bits / D;
+    likelihood under pi = N(0, I) on scaled data, or for binary data under independent
+    Bernoullis at the training data's rate of ones (equal to K_bits there: binary data
+    are not scaled); bits_per_dim: -K_bits / D;
     stderr_bits: standard error of the mean K over examples (covers both the spread
     of K over the data and the Monte Carlo noise of each example's estimate);
     terms_bits: the diffusion term's contributions to -K per step or time bin,
@@ -267,8 +292,10 @@ def summarize(model: DiffusionModel, terms: BoundTerms, y: torch.Tensor) -> dict
     d = model.n_dims
     k_scaled = -terms.nll
     log_det = model.scaler.log_det(d)
-    x = model.scaler(y)
-    l_null = log_prior(x.to(torch.float64))
+    if model.binomial:
+        l_null = binomial.log_null(y, model.null_rate)
+    else:
+        l_null = log_prior(model.scaler(y).to(torch.float64))
     k_scaled_bits = float(bits(k_scaled.mean()))
     k_bits = k_scaled_bits + log_det / LN2
     l_null_bits = float(bits(l_null.mean()))

@@ -66,9 +66,15 @@ class ModelSpec:
     decoder: str = "paper"  # paper: last step fixed to the forward kernel; learned
 
 
-class DiffusionModel(nn.Module):
-    """Network + schedule + parametrisation + data scaling.
+PROCESSES = ("gaussian", "binomial")
 
+
+class DiffusionModel(nn.Module):
+    """Network + schedule + parametrisation + data scaling, for one forward process.
+
+    process: ``gaussian`` (continuous data, scaled by the fitted affine map) or
+    ``binomial`` (binary data, never scaled; the model keeps the training data's mean
+    rate of ones for the null model L_null).
     Time: for a discrete schedule of T steps, step i is fed to the network as t = i / T;
     for a continuous schedule t is in [0, 1] and the first latent sits at t = 0.
     """
@@ -80,21 +86,63 @@ class DiffusionModel(nn.Module):
         spec: ModelSpec,
         data_shape: tuple[int, ...],
         channels: int,
+        process: str = "gaussian",
     ):
         super().__init__()
+        if process not in PROCESSES:
+            raise ConfigError(f"unknown process kind {process!r}; choose one of {', '.join(PROCESSES)}")
+        self.process = process
         self.net = net
         self.schedule = schedule
         self.spec = spec
         self.data_shape = tuple(data_shape)
         self.channels = channels
         self.scaler = AffineScaler(self.data_shape)
-        if self.continuous and (spec.parametrization == "paper" or spec.variance != "fixed-small"):
+        if process == "binomial":
+            if self.continuous:
+                raise ConfigError("the binomial process is discrete: set process.time = 'discrete'")
+            # The null model's rate of ones (paper: L_null of the heartbeat data at p = 0.2).
+            self.register_buffer("null_rate", torch.full((), 0.5, dtype=torch.float64))
+        elif self.continuous and (spec.parametrization == "paper" or spec.variance != "fixed-small"):
             raise ConfigError(
                 "continuous time needs parametrization eps, x0 or v with variance fixed-small "
                 "(as T -> infinity every other variance converges to it)"
             )
         if spec.decoder not in ("paper", "learned"):
             raise ConfigError(f"unknown decoder {spec.decoder!r}; choose paper or learned")
+
+    @property
+    def binomial(self) -> bool:
+        return self.process == "binomial"
+
+    def check_data(self, y: torch.Tensor, what: str) -> torch.Tensor:
+        """Reject data this model cannot score: NaN or inf, a wrong example shape, and for
+        the binomial process any value but 0 and 1 (one-line DataError naming ``what``).
+
+        Shapes: y (N, *D) -> the same tensor.
+        """
+        from .data import check_finite
+        from .processes.binomial import check_binary
+
+        check_finite(y, what)
+        if tuple(y.shape[1:]) != self.data_shape:
+            raise DataError(f"{what}: examples have shape {tuple(y.shape[1:])}, the model was trained on {self.data_shape}")
+        if self.binomial:
+            check_binary(y, what)
+        return y
+
+    @torch.no_grad()
+    def fit_data(self, y: torch.Tensor) -> None:
+        """Fit what the model takes from its training data: the affine map (Gaussian), or
+        the null model's rate of ones (binomial; binary data are never rescaled).
+
+        Shapes: y (N, *D) in the data's own units.
+        """
+        if self.binomial:
+            rate = y.to(torch.float64).mean().clamp(1e-6, 1 - 1e-6)  # keep L_null finite
+            self.null_rate.copy_(rate)
+        else:
+            self.scaler.fit(y)
 
     @property
     def continuous(self) -> bool:
@@ -144,8 +192,10 @@ class DiffusionModel(nn.Module):
 
 def build_schedule(cfg) -> DiscreteSchedule | ContinuousSchedule:
     """The schedule a ProcessConfig describes."""
-    if cfg.kind != "gaussian":
-        raise ConfigError(f"unknown process kind {cfg.kind!r}; this version supports 'gaussian'")
+    if cfg.kind not in PROCESSES:
+        raise ConfigError(f"unknown process kind {cfg.kind!r}; choose one of {', '.join(PROCESSES)}")
+    if cfg.kind == "binomial" and cfg.time != "discrete":
+        raise ConfigError("the binomial process is discrete: set process.time = 'discrete'")
     if cfg.time == "discrete":
         return DiscreteSchedule(cfg.schedule, cfg.T, cfg.beta_1, cfg.beta_start, cfg.beta_end, cfg.cosine_s)
     if cfg.time == "continuous":
@@ -159,7 +209,7 @@ def build_model(cfg, data_shape: tuple[int, ...]) -> DiffusionModel:
     from .nets import build_net
 
     m = cfg.model
-    channels = parametrization.output_channels(m.parametrization, m.variance)
+    channels = parametrization.output_channels(m.parametrization, m.variance, cfg.process.kind)
     schedule = build_schedule(cfg.process)
     n = 1
     for s in data_shape:
@@ -177,8 +227,24 @@ def build_model(cfg, data_shape: tuple[int, ...]) -> DiffusionModel:
         if cfg.process.time != "discrete":
             raise ConfigError("model.net = 'rbf' has a readout per time step and needs process.time = 'discrete'")
         options = dict(hidden=m.rbf_hidden)
+    elif m.net == "sigmoid_mlp":
+        if cfg.process.time != "discrete":
+            raise ConfigError("model.net = 'sigmoid_mlp' has a readout per time step and needs process.time = 'discrete'")
+        options = dict(hidden=m.width, depth=m.depth)
+    elif m.net == "unet":
+        if len(data_shape) != 3:
+            raise ConfigError(f"model.net = 'unet' needs image data shaped (C, H, W), got examples of shape {tuple(data_shape)}")
+        options = dict(
+            image_shape=tuple(data_shape),
+            base_channels=m.base_channels,
+            channel_mults=tuple(m.channel_mults),
+            num_res_blocks=m.num_res_blocks,
+            attention_levels=tuple(m.attention_levels),
+            time_dim=m.time_dim,
+            dropout=m.dropout,
+        )
     else:
         options = {}
     net = build_net(m.net, n, channels * n, cfg.process.T, **options)
     spec = ModelSpec(m.parametrization, m.variance, m.decoder)
-    return DiffusionModel(net, schedule, spec, data_shape, channels)
+    return DiffusionModel(net, schedule, spec, data_shape, channels, cfg.process.kind)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from .errors import ConfigError
-from .likelihood import diffusion_integrand, kl_term, prior_term, reconstruction_term, reference_diffusion
+from .likelihood import diffusion_integrand, draw_noise, kl_term, prior_term, reconstruction_term, reference_diffusion
 from .model import DiffusionModel
 from .parametrization import reverse_kernel, target
 from .processes.gaussian import q_sample, sum_dims
@@ -108,10 +108,12 @@ class TimeSampler:
         self.counts.copy_(state["counts"])
 
 
-def check_objective(objective: str, parametrization: str) -> None:
+def check_objective(objective: str, parametrization: str, process: str = "gaussian") -> None:
     """Raise ConfigError for an objective that cannot train this parametrisation."""
     if objective not in OBJECTIVES:
         raise ConfigError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    if objective != "bound" and process == "binomial":
+        raise ConfigError(f"objective {objective!r} regresses Gaussian noise; the binomial process trains on the bound")
     if objective != "bound" and parametrization == "paper":
         raise ConfigError(f"objective {objective!r} regresses eps, x0 or v; the paper's kernel trains on the bound")
 
@@ -143,7 +145,7 @@ def bound_loss(model: DiffusionModel, x0, sampler: TimeSampler, generator, detac
     b = x0.shape[0]
     dev = x0.device
     bins, when, weight = _times(model, sampler, b, generator)
-    eps = torch.randn(x0.shape, generator=generator).to(dev)
+    eps = draw_noise(model, x0.shape, generator, dev)
     if model.continuous:
         term = diffusion_integrand(model, x0, when.to(dev), eps)
         sched = model.schedule
@@ -153,7 +155,7 @@ def bound_loss(model: DiffusionModel, x0, sampler: TimeSampler, generator, detac
         known = 0.0
     # The prior and reconstruction terms are kept even where they are constant: they
     # depend on a learned schedule's endpoints, and the loss then reads as -K.
-    eps0 = torch.randn(x0.shape, generator=generator).to(dev)
+    eps0 = draw_noise(model, x0.shape, generator, dev)
     loss = prior_term(model, x0) + known + term * weight.to(dev) + reconstruction_term(model, x0, eps0)
     return loss, (bins, term)
 
@@ -185,7 +187,7 @@ def loss_per_example(model: DiffusionModel, objective: str, x0, sampler, generat
 
     Shapes: x0 (B, *D) -> loss (B,), and the time sampler's (bins, terms) or None.
     """
-    check_objective(objective, model.spec.parametrization)
+    check_objective(objective, model.spec.parametrization, model.process)
     if objective == "bound":
         return bound_loss(model, x0, sampler, generator)
     if objective == "simple":

@@ -16,6 +16,14 @@ Parametrisations:
 - ``paper``: the paper's perturbation of the forward kernel (eq. 64-65),
   Sigma = sigmoid(z_Sigma + logit beta_t), mu = (x_t - z_mu)(1 - Sigma) + z_mu,
   with learned diagonal covariance.
+
+Binomial process (binary data): the reverse kernel is B(f_b(x_t, t)), carried as logits.
+- ``x0``: the network gives logits of P(x_0 = 1 | x_t) per bit; f_b mixes the forward
+  posteriors q(x_s | x_t, x_0 = 1) and q(x_s | x_t, x_0 = 0) with them, which can
+  represent the best factorised kernel exactly, and works for any hop s < t.
+- ``paper``: the network gives a perturbation z of the forward kernel's logit,
+  f_b = sigmoid(z + logit(x_t (1 - beta_t) + beta_t / 2)), in the spirit of the paper's
+  eq. 64-65 (an untrained net reverses each step with the forward kernel itself).
 """
 
 from __future__ import annotations
@@ -23,23 +31,36 @@ from __future__ import annotations
 import torch
 
 from .errors import ConfigError
+from .processes import binomial
 from .processes.gaussian import expand_as, posterior
 
 PARAMETRIZATIONS = ("paper", "eps", "x0", "v")
+BINOMIAL_PARAMETRIZATIONS = ("paper", "x0")
 VARIANCES = ("fixed-small", "fixed-large", "learned-range")
 
 
-def check(parametrization: str, variance: str) -> None:
+def check(parametrization: str, variance: str, process: str = "gaussian") -> None:
     """Raise ConfigError for an unknown parametrisation or variance."""
+    if process == "binomial":
+        if parametrization not in BINOMIAL_PARAMETRIZATIONS:
+            raise ConfigError(
+                f"parametrization {parametrization!r} is not defined for the binomial process; "
+                f"choose one of {', '.join(BINOMIAL_PARAMETRIZATIONS)}"
+            )
+        if variance != "fixed-small":
+            raise ConfigError("the binomial process has no variance to choose; leave model.variance at fixed-small")
+        return
     if parametrization not in PARAMETRIZATIONS:
         raise ConfigError(f"unknown parametrization {parametrization!r}; choose one of {', '.join(PARAMETRIZATIONS)}")
     if variance not in VARIANCES:
         raise ConfigError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
 
 
-def output_channels(parametrization: str, variance: str) -> int:
+def output_channels(parametrization: str, variance: str, process: str = "gaussian") -> int:
     """How many outputs per data dimension the network needs (1 or 2)."""
-    check(parametrization, variance)
+    check(parametrization, variance, process)
+    if process == "binomial":
+        return 1
     return 2 if parametrization == "paper" or variance == "learned-range" else 1
 
 
@@ -156,3 +177,18 @@ def reverse_kernel(parametrization, variance, out, x_t, abar_s, abar_t):
         log_var = frac * expand_as(beta.log(), x_t) + (1 - frac) * expand_as(small.log(), x_t)
         var = torch.exp(log_var)
     return mean, var, x0_hat
+
+
+def binomial_reverse_logits(parametrization, out, x_t, abar_s, abar_t):
+    """Logits of the binomial reverse kernel p(x_s = 1 | x_t) for s < t, and the logits of
+    the x0 prediction (None for the paper's kernel).
+
+    Shapes: out (B, 1, *D), x_t (B, *D), abar_s, abar_t (B,) float64
+    -> (B, *D) float64, (B, *D) float64 or None.
+    """
+    z = out[:, 0].to(torch.float64)
+    if parametrization == "x0":
+        return binomial.x0_mixture_logits(z, x_t, abar_s, abar_t), z
+    if parametrization == "paper":
+        return z + binomial.forward_logits(x_t, abar_s, abar_t), None
+    raise ConfigError(f"parametrization {parametrization!r} is not defined for the binomial process")

@@ -37,6 +37,9 @@ __all__ = [
     "samples_vs_data",
     "training_curve",
     "histogram_1d",
+    "binary_rows",
+    "binary_trajectory",
+    "image_grid",
 ]
 
 DPI = 120
@@ -473,4 +476,99 @@ def histogram_1d(
     ax.set_title(title)
     ax.legend(loc="best", fontsize="small", framealpha=0.9)
     ax.grid(True, lw=0.5, alpha=0.4)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------- binary data and images
+
+
+def _matrix(name: str, a: Any) -> np.ndarray:
+    m = np.asarray(a, dtype=np.float64)
+    if m.ndim != 2 or m.size == 0:
+        raise ValueError(f"{name}: expected a non-empty (N, D) array, got shape {m.shape}")
+    return m
+
+
+def binary_rows(
+    path: str | os.PathLike[str],
+    samples: np.ndarray,
+    data: np.ndarray,
+    title: str,
+) -> Path:
+    """Binary vectors as rows of black (1) and white (0) cells: samples beside data.
+
+    Shapes: samples: (N, D); data: (M, D), values in [0, 1].
+    """
+    s, d = _matrix("samples", samples), _matrix("data", data)
+    height = max(2.2, 0.12 * max(len(s), len(d)) + 1.0)
+    width = max(4.0, 2 * (0.18 * s.shape[1] + 0.6))
+    fig = _new_figure(width, height)
+    axes = fig.subplots(1, 2)
+    for ax, m, label in ((axes[0], s, f"model samples ({len(s)})"), (axes[1], d, f"training data ({len(d)})")):
+        ax.imshow(m, cmap="Greys", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+        ax.set_title(label, fontsize="medium")
+        ax.set_xlabel("bin")
+        ax.set_yticks([])
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def binary_trajectory(
+    path: str | os.PathLike[str],
+    frames: np.ndarray,
+    times: Sequence[float],
+    title: str,
+) -> Path:
+    """The reverse trajectory of a few binary vectors: for each, an image with the bits
+    down and diffusion time across, from noise (t = 1, left) to data (t = 0, right);
+    grey levels are the batch's values (0 white, 1 black), as in the paper's Figure 2.
+
+    Shapes: frames: (K, N, D) snapshots, times: (K,) in [0, 1], first = noise.
+    """
+    f = np.asarray(frames, dtype=np.float64)
+    if f.ndim != 3 or len(times) != f.shape[0]:
+        raise ValueError(f"frames: expected (K, N, D) with K = len(times), got {f.shape} and {len(times)} times")
+    k, n, dims = f.shape
+    fig = _new_figure(min(12.0, 1.5 + 0.05 * k * 1.0 + 3.0), 0.9 + 0.45 * n * max(1.0, dims / 20))
+    axes = np.atleast_1d(fig.subplots(n, 1, sharex=True))
+    t = np.asarray(times, dtype=np.float64)
+    for i, ax in enumerate(axes):
+        ax.imshow(f[:, i, :].T, cmap="Greys", vmin=0, vmax=1, aspect="auto", interpolation="nearest",
+                  extent=(t[0], t[-1], dims - 0.5, -0.5))
+        ax.set_yticks([])
+        ax.set_ylabel(f"#{i + 1}", rotation=0, labelpad=12, fontsize="small")
+    axes[-1].set_xlabel("diffusion time t (noise at 1, data at 0)")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def image_grid(
+    path: str | os.PathLike[str],
+    images: np.ndarray,
+    title: str,
+    ncol: int | None = None,
+) -> Path:
+    """A grid of images with values in [0, 1] (1 or 3 channels), one axis-free panel each.
+
+    Shapes: images: (N, C, H, W) with C in {1, 3}.
+    """
+    x = np.asarray(images, dtype=np.float64)
+    if x.ndim != 4 or x.shape[1] not in (1, 3) or len(x) == 0:
+        raise ValueError(f"images: expected (N, C, H, W) with C in 1 or 3, got shape {x.shape}")
+    n, c, h, w = x.shape
+    ncol = ncol or int(np.ceil(np.sqrt(n)))
+    nrow = int(np.ceil(n / ncol))
+    pad = 1
+    canvas = np.ones((nrow * (h + pad) + pad, ncol * (w + pad) + pad, c))
+    for i in range(n):
+        r, q = divmod(i, ncol)
+        canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = x[i].transpose(1, 2, 0)
+    canvas = np.clip(canvas, 0, 1)
+    scale = 0.045 if max(h, w) <= 32 else 0.02
+    fig = _new_figure(max(2.5, canvas.shape[1] * scale), max(2.5, canvas.shape[0] * scale + 0.4))
+    ax = fig.subplots()
+    ax.imshow(canvas[..., 0] if c == 1 else canvas, cmap="gray" if c == 1 else None, vmin=0, vmax=1,
+              interpolation="nearest")
+    ax.set_axis_off()
+    fig.suptitle(title)
     return _save(fig, path)

@@ -40,6 +40,7 @@ def evaluate_run(model: DiffusionModel, y: torch.Tensor, eval_cfg, log_density=N
 
     Shapes: y (N, *D).
     """
+    model.check_data(y, "held-out data")
     if eval_cfg.max_examples and y.shape[0] > eval_cfg.max_examples:
         y = y[: eval_cfg.max_examples]
     terms = evaluate(model, y, n_t=eval_cfg.n_t, batch_size=eval_cfg.batch_size, seed=eval_cfg.seed,
@@ -60,9 +61,14 @@ def evaluate_run(model: DiffusionModel, y: torch.Tensor, eval_cfg, log_density=N
     return record
 
 
-def figures(model: DiffusionModel, data_train: torch.Tensor, record: dict, out: str | Path, seed: int = 0, n: int = 2000) -> list[Path]:
-    """Figures of a run in out/: the per-t bound terms for any data, and for 2-D data the
-    forward and reverse trajectories and the drift field (paper Figure 1).
+def figures(model: DiffusionModel, data_train: torch.Tensor, record: dict, out: str | Path, seed: int = 0, n: int = 2000,
+            steps: int | None = None) -> list[Path]:
+    """Figures of a run in out/: the per-t bound terms for any data; for 2-D data the
+    forward and reverse trajectories and the drift field (paper Figure 1); for binary
+    vectors and images, samples beside training data and a reverse trajectory from noise
+    (paper Figure 2).
+
+    steps: sampling steps for binary and image data (None: every step).
 
     Shapes: data_train (N, *D) in the data's own units.
     """
@@ -83,6 +89,8 @@ def figures(model: DiffusionModel, data_train: torch.Tensor, record: dict, out: 
             extra=extra,
         )
     )
+    if model.binomial or len(model.data_shape) == 3:
+        return paths + _sample_figures(model, data_train, out, seed, steps)
     if model.data_shape != (2,):
         return paths
     gen = torch.Generator().manual_seed(seed)
@@ -120,6 +128,40 @@ def figures(model: DiffusionModel, data_train: torch.Tensor, record: dict, out: 
         paths.append(
             plots.samples_vs_data(out / "samples.png", xs.numpy(), x0.numpy(), "Samples (left) beside training data (right), scaled units")
         )
+    return paths
+
+
+def _sample_figures(model: DiffusionModel, data_train: torch.Tensor, out: Path, seed: int, steps: int | None = None) -> list[Path]:
+    """Samples beside training data and one reverse trajectory, for binary vectors and images.
+
+    Shapes: data_train (N, *D) in the data's own units.
+    """
+    from . import plots
+    from .sampling.ancestral import sample
+
+    gen = torch.Generator().manual_seed(seed)
+    picks = data_train[torch.randperm(data_train.shape[0], generator=gen)[:64]]
+    images = len(model.data_shape) == 3
+    n = 64 if images else 24
+    with torch.no_grad():
+        xs, snaps = sample(model, n, gen, steps=steps, keep=60 if not images else 10)
+    ys = model.scaler.inverse(xs).numpy()
+    paths = []
+    if images:
+        lo, hi = float(data_train.min()), float(data_train.max())
+        unit = lambda a: (np.asarray(a, dtype=np.float64) - lo) / max(hi - lo, 1e-12)  # noqa: E731
+        paths.append(plots.image_grid(out / "samples.png", unit(ys), f"{n} samples"))
+        paths.append(plots.image_grid(out / "data.png", unit(picks.numpy()), "training data"))
+        strip = np.stack([unit(model.scaler.inverse(s[:1]).numpy())[0] for _, s in snaps])
+        paths.append(plots.image_grid(out / "reverse_trajectory.png", strip,
+                                      "reverse trajectory, noise (left) to data (right)", ncol=len(strip)))
+        return paths
+    flat = lambda a: np.asarray(a).reshape(len(a), -1)  # noqa: E731
+    paths.append(plots.binary_rows(out / "samples.png", flat(ys), flat(picks[:n].numpy()),
+                                   "Samples (left) beside training data (right)"))
+    frames = np.stack([flat(s[:6].numpy()) for _, s in snaps])
+    paths.append(plots.binary_trajectory(out / "reverse_trajectory.png", frames, [t for t, _ in snaps],
+                                         "Reverse trajectories from noise to data"))
     return paths
 
 

@@ -112,7 +112,7 @@ class DiscreteSchedule(nn.Module):
     beta_1 stays fixed at ``beta_1`` so that the first step cannot overfit.
     For ``binomial`` and ``learned`` the first step is also set to ``beta_1`` (the
     paper's code uses 0.001), because 1/T is far too coarse a first step for
-    continuous data.
+    continuous data. ``beta_1 = 0`` keeps 1/T, the paper's choice for binary data.
     """
 
     def __init__(
@@ -137,7 +137,8 @@ class DiscreteSchedule(nn.Module):
             betas = cosine_betas(T, cosine_s)
         else:
             betas = binomial_betas(T)
-            betas[0] = beta_1
+            if beta_1 > 0:  # 0 keeps the schedule's own first step 1/T (binary data)
+                betas[0] = beta_1
         if kind == "learned":
             self.register_buffer("beta_first", betas[:1].clone())
             # Unconstrained parameters: beta = sigmoid(logit), kept inside (0, 1).

@@ -127,13 +127,14 @@ def fit(cfg: config_mod.Config, data: Dataset, out: str | Path, progress: bool =
     out = Path(out)
     tc = cfg.train
     lr_factor(tc.lr_schedule, 0.0, 0, 0)  # validate before anything is written
-    check_objective(tc.objective, cfg.model.parametrization)
+    check_objective(tc.objective, cfg.model.parametrization, cfg.process.kind)
     device = select_device(tc.device)
     if tc.threads > 0:
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
     model = build_model(cfg, data.shape)
-    model.scaler.fit(data.train)
+    model.check_data(data.train, "training data")
+    model.fit_data(data.train)
     model.to(device)
 
     ckpt_path = out / CHECKPOINT

@@ -10,7 +10,9 @@ import torch
 
 from ..errors import ConfigError, DataError
 
-DATASETS = ("swissroll", "mixture", "array")
+from pathlib import Path
+
+DATASETS = ("swissroll", "mixture", "heartbeat", "array", "mnist")
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,27 @@ def load(cfg) -> Dataset:
         train = mix.sample(cfg.n_train, torch.Generator().manual_seed(cfg.seed))
         test = mix.sample(cfg.n_test, torch.Generator().manual_seed(cfg.seed + 1_000_003))
         return Dataset(train, test, mix.log_prob)
+    if cfg.name == "heartbeat":
+        from .toy import heartbeat_log_density, heartbeat_sample
+
+        train = heartbeat_sample(cfg.n_train, torch.Generator().manual_seed(cfg.seed))
+        test = heartbeat_sample(cfg.n_test, torch.Generator().manual_seed(cfg.seed + 1_000_003))
+        return Dataset(train, test, heartbeat_log_density)
+    if cfg.name == "mnist":
+        from .images import load_binary_mnist
+
+        if cfg.binarize not in ("threshold", "stochastic"):
+            raise ConfigError(
+                "data.name = 'mnist' is read as binary images here: set data.binarize to threshold or stochastic"
+            )
+        train, test, _, _ = load_binary_mnist(resolve_root(cfg.root), cfg.binarize, cfg.seed)
+        train = torch.as_tensor(train, dtype=torch.float64)
+        test = torch.as_tensor(test, dtype=torch.float64)
+        if cfg.n_train and cfg.n_train < train.shape[0]:
+            train = train[: cfg.n_train]
+        if cfg.n_test and cfg.n_test < test.shape[0]:
+            test = test[: cfg.n_test]
+        return Dataset(train, test, None)
     if cfg.name == "array":
         from .arrays import load_array, split_holdout
 
@@ -74,3 +97,15 @@ def load(cfg) -> Dataset:
         test = check_finite(torch.as_tensor(test, dtype=torch.float64), cfg.test_path or cfg.path)
         return Dataset(train, test, None)
     raise ConfigError(f"unknown data set {cfg.name!r}; choose one of {', '.join(DATASETS)}")
+
+
+def resolve_root(root: str) -> Path:
+    """A data folder: as given (relative to the working directory), or else relative to the
+    project's checkout, so that shipped configs can name ``../shared/data/mnist``."""
+    if not root:
+        raise ConfigError("data.root must name the folder holding the data files")
+    path = Path(root).expanduser()
+    if path.is_dir() or path.is_absolute():
+        return path
+    beside_checkout = Path(__file__).resolve().parents[3] / path
+    return beside_checkout if beside_checkout.is_dir() else path

@@ -3,7 +3,8 @@
 The swiss roll is the benchmark of the diffusion-model paper; its density has no
 closed form, but it is a one-dimensional integral over the curve parameter, which
 quadrature evaluates to near machine precision. Gaussian mixtures have closed-form
-densities and scores in any number of dimensions.
+densities and scores in any number of dimensions. The binary heartbeat data are five
+equiprobable sequences.
 
 All densities are in float64 and all log-densities are in nats.
 """
@@ -30,6 +31,9 @@ __all__ = [
     "GaussianMixture",
     "gaussian_mixture_2d_default",
     "gaussian_1d",
+    "heartbeat_patterns",
+    "heartbeat_sample",
+    "heartbeat_log_density",
 ]
 
 # Benchmark contract: s ~ U(1.5 pi, 4.5 pi), point (s cos s, s sin s) + N(0, 0.25^2 I).
@@ -339,3 +343,42 @@ def gaussian_1d(mean: float, std: float) -> GaussianMixture:
         torch.tensor([[float(mean)]], dtype=torch.float64),
         torch.tensor([[[float(std) ** 2]]], dtype=torch.float64),
     )
+
+
+# Benchmark contract (paper, section 3.1): binary sequences of length 20 with a 1 in
+# every 5th bin, the first pulse uniform over the first 5 bins: 5 equiprobable sequences.
+HEARTBEAT_LENGTH = 20
+HEARTBEAT_PERIOD = 5
+
+
+def heartbeat_patterns(length: int = HEARTBEAT_LENGTH, period: int = HEARTBEAT_PERIOD) -> torch.Tensor:
+    """The `period` possible heartbeat sequences, row k with its first pulse at bin k.
+
+    Shapes: returns (period, length) float64 of 0 / 1.
+    """
+    if period < 1 or length < period:
+        raise DataError(f"heartbeat: need 1 <= period <= length, got period {period}, length {length}")
+    bins = torch.arange(length)
+    return (bins[None, :] % period == torch.arange(period)[:, None]).to(torch.float64)
+
+
+def heartbeat_sample(n: int, generator: torch.Generator, length: int = HEARTBEAT_LENGTH,
+                     period: int = HEARTBEAT_PERIOD) -> torch.Tensor:
+    """Draw n heartbeat sequences, the phase uniform over the first `period` bins.
+
+    Shapes: n -> (n, length) float64 of 0 / 1.
+    """
+    n = _check_count(n, "heartbeat_sample")
+    phase = torch.randint(0, period, (n,), generator=generator)
+    return heartbeat_patterns(length, period)[phase]
+
+
+def heartbeat_log_density(y: torch.Tensor, length: int = HEARTBEAT_LENGTH, period: int = HEARTBEAT_PERIOD) -> torch.Tensor:
+    """Exact log-probability of sequences: log(1 / period) for a heartbeat, -inf otherwise, nats.
+
+    Shapes: y (N, length) -> (N,) float64.
+    """
+    y = _as_float64(y, "heartbeat_log_density")
+    patterns = heartbeat_patterns(length, period).to(y.device)
+    match = (y[:, None, :] == patterns[None]).all(-1).any(-1)
+    return torch.where(match, -math.log(period), -math.inf).to(torch.float64)

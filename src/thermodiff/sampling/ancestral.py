@@ -5,6 +5,8 @@ scores it. With fewer steps (respacing) or in continuous time the chain hops bet
 times s < t of a grid with the kernel built from the same prediction (posterior of
 the hop with x0 replaced by the model's x0), which needs an eps / x0 / v model.
 The last hop, from the first latent to the data, is the model's decoder.
+The binomial process (binary data) runs the same chain with Bernoulli kernels from
+x_T ~ B(1/2); respacing works with its x0 parametrisation.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import torch
 
 from ..errors import ConfigError
 from ..model import DiffusionModel
-from ..parametrization import reverse_kernel
+from ..parametrization import binomial_reverse_logits, reverse_kernel
+from ..processes import binomial
 from ..processes.gaussian import expand_as
 
 
@@ -60,7 +63,10 @@ def sample(
     """
     dev = next(model.parameters()).device
     grid = time_grid(model, steps).to(dev)
-    x = torch.randn((n,) + model.data_shape, generator=generator).to(dev)
+    if model.binomial:
+        x = binomial.sample_bernoulli(torch.zeros((n,) + model.data_shape, dtype=torch.float64), generator).to(dev)
+    else:
+        x = torch.randn((n,) + model.data_shape, generator=generator).to(dev)
     snaps = []
     stride = max(1, len(grid) // max(1, keep - 1)) if keep else 0
     hops = range(len(grid) - 1, -1, -1)
@@ -77,6 +83,13 @@ def sample(
             abar_s = model.abar_at(grid[k - 1].expand(n))
         else:
             abar_s = torch.ones_like(abar_t)
+        if model.binomial:
+            if k == 0 and model.spec.decoder == "paper":
+                logits = binomial.forward_logits(x, abar_s, abar_t)  # the forward kernel, App. B.2
+            else:
+                logits, _ = binomial_reverse_logits(model.spec.parametrization, model(x, t), x, abar_s, abar_t)
+            x = binomial.sample_bernoulli(logits, generator)
+            continue
         if k == 0 and model.spec.decoder == "paper":
             # The paper's last step: the forward kernel's reversal under pi.
             beta = 1 - abar_t

@@ -22,6 +22,7 @@ BENCHMARKS = {
     "swissroll": "swissroll",
     "swissroll-paper": "paper/swissroll",
     "heartbeat": "heartbeat",
+    "heartbeat-paper": "paper/heartbeat",
     "binary-mnist": "binary-mnist",
 }
 
@@ -33,6 +34,7 @@ SMOKE = {
 # Smoke versions of benchmarks with long chains or big data also shrink those.
 SMOKE_EXTRA = {
     "heartbeat": {"process": {"T": 50}},
+    "heartbeat-paper": {"process": {"T": 50}},
     "binary-mnist": {"process": {"T": 20}, "model": {"base_channels": 8, "channel_mults": (1,)},
                      "data": {"n_train": 256, "n_test": 64}},
 }

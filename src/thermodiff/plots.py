@@ -508,6 +508,7 @@ def binary_rows(
         ax.imshow(m, cmap="Greys", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
         ax.set_title(label, fontsize="medium")
         ax.set_xlabel("bin")
+        ax.set_xticks(range(0, m.shape[1], max(1, m.shape[1] // 4)))
         ax.set_yticks([])
     fig.suptitle(title)
     return _save(fig, path)
@@ -529,7 +530,7 @@ def binary_trajectory(
     if f.ndim != 3 or len(times) != f.shape[0]:
         raise ValueError(f"frames: expected (K, N, D) with K = len(times), got {f.shape} and {len(times)} times")
     k, n, dims = f.shape
-    fig = _new_figure(min(12.0, 1.5 + 0.05 * k * 1.0 + 3.0), 0.9 + 0.45 * n * max(1.0, dims / 20))
+    fig = _new_figure(8.0, 0.9 + 0.8 * n * min(3.0, max(1.0, dims / 20)))
     axes = np.atleast_1d(fig.subplots(n, 1, sharex=True))
     t = np.asarray(times, dtype=np.float64)
     for i, ax in enumerate(axes):

@@ -121,3 +121,24 @@ def test_short_heartbeat_training_is_below_exact_and_above_null(tmp_path):
     assert rec["K_minus_L_null_bits"] > 8  # null: -14.44 bits; exact: -2.32
     assert rec["gap_bits"] > -3 * rec["gap_stderr_bits"], rec
     assert "warning" not in rec
+
+
+MNIST_DIR = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
+
+@pytest.mark.parametrize("name", ["heartbeat", "heartbeat-paper", "binary-mnist"])
+def test_binary_bench_smoke(name, tmp_path):
+    if name == "binary-mnist" and not MNIST_DIR.is_dir():
+        pytest.skip(f"MNIST IDX files not found in {MNIST_DIR}")
+    out = tmp_path / "out.json"
+    r = run("bench", name, "--smoke", "--json", out, "--out", tmp_path / name, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rec = json.loads(out.read_text())
+    assert rec["benchmark"] == name
+    keys = ["K_bits", "K_minus_L_null_bits", "bits_per_dim", "stderr_bits", "train_seconds", "device", "commit"]
+    if name != "binary-mnist":
+        keys += ["valid_fraction", "exact_bits_scaled", "gap_bits"]
+        assert 0 <= rec["valid_fraction"] <= 1
+        assert rec["gap_bits"] > -3 * rec["gap_stderr_bits"]
+    for key in keys:
+        assert key in rec, key

@@ -54,7 +54,10 @@ def bench_config(name: str, smoke: bool = False) -> config_mod.Config:
 def sample_support(model, log_density, eval_cfg, progress: bool = False) -> dict:
     """Draw eval.samples samples and report the share that the data set's distribution can
     produce (finite exact log-density): for heartbeat, the share that are exactly one of
-    the 5 true sequences."""
+    the 5 true sequences.
+
+    Shapes: log_density maps (N, *D) -> (N,); returns a dict of numbers.
+    """
     from .sampling.ancestral import sample
 
     gen = torch.Generator().manual_seed(eval_cfg.seed)

@@ -146,15 +146,17 @@ def reconstruction_term(model: DiffusionModel, x0, eps) -> torch.Tensor:
     """
     b = x0.shape[0]
     abar_1 = model.abar_first().expand(b)
-    process = binomial if model.binomial else None
-    if model.spec.decoder == "paper":
-        return (process.forward_decoder_nll if process else forward_decoder_nll)(x0, abar_1)
-    x_1 = process.q_sample(x0, abar_1, eps) if process else q_sample(x0, abar_1, eps)
-    t_1 = torch.zeros(b) if model.continuous else torch.full((b,), 1.0 / model.schedule.T)
-    out = model(x_1, t_1.to(x0.device))
-    if process:
-        logits, _ = binomial_reverse_logits(model.spec.parametrization, out, x_1, torch.ones_like(abar_1), abar_1)
+    t_1 = (torch.zeros(b) if model.continuous else torch.full((b,), 1.0 / model.schedule.T)).to(x0.device)
+    if model.binomial:
+        if model.spec.decoder == "paper":
+            return binomial.forward_decoder_nll(x0, abar_1)
+        x_1 = binomial.q_sample(x0, abar_1, eps)
+        logits, _ = binomial_reverse_logits(model.spec.parametrization, model(x_1, t_1), x_1, torch.ones_like(abar_1), abar_1)
         return -binomial.log_bernoulli(x0, logits)
+    if model.spec.decoder == "paper":
+        return forward_decoder_nll(x0, abar_1)
+    x_1 = q_sample(x0, abar_1, eps)
+    out = model(x_1, t_1)
     mean, var, _ = reverse_kernel(
         model.spec.parametrization, model.spec.variance, out, x_1, torch.ones_like(abar_1), abar_1
     )
@@ -279,8 +281,8 @@ def summarize(model: DiffusionModel, terms: BoundTerms, y: torch.Tensor) -> dict
     K_bits: mean K per example in the data's own units (Jacobian of the scaling included);
     K_bits_scaled: the paper's convention (unit-variance data); L_null_bits: mean log
     likelihood under pi = N(0, I) on scaled data, or for binary data under independent
-    Bernoullis at the training data's rate of ones (equal to K_bits there: binary data
-    are not scaled); bits_per_dim: -K_bits / D;
+    Bernoullis at the training data's rate of ones (binary data are never scaled, so
+    there K_bits equals K_bits_scaled); bits_per_dim: -K_bits / D;
     stderr_bits: standard error of the mean K over examples (covers both the spread
     of K over the data and the Monte Carlo noise of each example's estimate);
     terms_bits: the diffusion term's contributions to -K per step or time bin,

@@ -16,6 +16,11 @@ TINY = ["--set", "model.width=16", "--set", "model.depth=1", "--set", "train.bat
         "--set", "eval.n_t=4", "--set", "train.log_every=5"]
 
 
+# The fields `evaluate --json` promises (DESIGN section 4).
+CONTRACT_KEYS = ("K_bits", "K_bits_scaled", "L_null_bits", "K_minus_L_null_bits", "bits_per_dim",
+                 "stderr_bits", "n_examples", "terms_bits")
+
+
 def run(*args, cwd=None, timeout=120):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, "-m", "thermodiff", "--quiet", *map(str, args)],
@@ -52,8 +57,7 @@ def test_evaluate_writes_the_contract_fields(trained, arrays, tmp_path):
     r = run("evaluate", trained, "--data", arrays / "my_test.npy", "--json", tmp_path / "e.json")
     assert r.returncode == 0, r.stderr
     rec = json.loads((tmp_path / "e.json").read_text())
-    for key in ("K_bits", "K_bits_scaled", "L_null_bits", "K_minus_L_null_bits", "bits_per_dim",
-                "stderr_bits", "n_examples", "terms_bits"):
+    for key in CONTRACT_KEYS:
         assert key in rec
     assert rec["n_examples"] == 100
     # data units and scaled units differ by the Jacobian of the one scale constant

@@ -196,6 +196,10 @@ def build_schedule(cfg) -> DiscreteSchedule | ContinuousSchedule:
         raise ConfigError(f"unknown process kind {cfg.kind!r}; choose one of {', '.join(PROCESSES)}")
     if cfg.kind == "binomial" and cfg.time != "discrete":
         raise ConfigError("the binomial process is discrete: set process.time = 'discrete'")
+    if cfg.kind == "binomial" and cfg.schedule == "learned":
+        # Paper 2.4.1: frozen-noise gradient ascent on beta needs a reparametrised x_t;
+        # binary states have none, so the binomial process uses a fixed schedule.
+        raise ConfigError("the binomial process cannot learn its schedule (x_t is discrete); choose binomial, linear or cosine")
     if cfg.time == "discrete":
         return DiscreteSchedule(cfg.schedule, cfg.T, cfg.beta_1, cfg.beta_start, cfg.beta_end, cfg.cosine_s)
     if cfg.time == "continuous":

@@ -12,7 +12,7 @@ from typing import Any, Callable
 from torch import nn
 
 from thermodiff.errors import ConfigError
-from thermodiff.nets.embeddings import FourierFeatures, SinusoidalEmbedding, time_to_index
+from thermodiff.nets.embeddings import FourierFeatures, SinusoidalEmbedding, per_step_readout, time_to_index
 from thermodiff.nets.mlp import ResidualMLP
 from thermodiff.nets.rbf import RBFNet
 from thermodiff.nets.sigmoid_mlp import SigmoidMLP
@@ -29,6 +29,7 @@ __all__ = [
     "build_net",
     "net_options",
     "time_to_index",
+    "per_step_readout",
 ]
 
 

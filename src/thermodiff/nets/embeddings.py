@@ -30,6 +30,18 @@ def time_to_index(t: Tensor, num_steps: int) -> Tensor:
     return idx.clamp(1, num_steps)
 
 
+def per_step_readout(h: Tensor, t: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """A separate linear readout for each discrete step (the paper's temporal readout):
+    example b uses weight[i_b - 1], bias[i_b - 1] with i_b = time_to_index(t_b, T).
+
+    One gather and one batched matrix product for the whole batch, no loop over steps.
+
+    Shapes: h (B, H), t (B,), weight (T, H, O), bias (T, O) -> (B, O)
+    """
+    rows = time_to_index(t, weight.shape[0]) - 1
+    return torch.bmm(h[:, None, :], weight[rows])[:, 0, :] + bias[rows]
+
+
 class SinusoidalEmbedding(nn.Module):
     """Transformer-style sinusoidal embedding of a scalar per example.
 

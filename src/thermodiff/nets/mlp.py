@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from thermodiff.errors import ConfigError
+from thermodiff.nets.options import check_int
 from thermodiff.nets.embeddings import FourierFeatures, SinusoidalEmbedding
 
 __all__ = ["ResidualMLP", "ACTIVATIONS", "make_activation"]
@@ -92,8 +93,7 @@ class ResidualMLP(nn.Module):
             ("time_dim", time_dim, 1),
             ("fourier_frequencies", fourier_frequencies, 0),
         ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < lo:
-                raise ConfigError(f"ResidualMLP {name} must be an integer >= {lo}, got {value!r}")
+            check_int("ResidualMLP", name, value, lo)
         make_activation(activation)  # validate the name before building anything
 
         self.in_dim = in_dim

@@ -12,7 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from thermodiff.errors import ConfigError
-from thermodiff.nets.embeddings import time_to_index
+from thermodiff.nets.options import check_int
+from thermodiff.nets.embeddings import per_step_readout
 
 __all__ = ["RBFNet"]
 
@@ -44,8 +45,7 @@ class RBFNet(nn.Module):
             ("num_steps", num_steps),
             ("hidden", hidden),
         ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"RBFNet {name} must be an integer >= 1, got {value!r}")
+            check_int("RBFNet", name, value)
         if not init_width > 0:
             raise ConfigError(f"RBFNet init_width must be > 0, got {init_width!r}")
 
@@ -73,20 +73,9 @@ class RBFNet(nn.Module):
         # from every centre (all raw Gaussians would underflow to zero).
         return torch.softmax(logits, dim=-1)
 
-    def step_index(self, t: Tensor) -> Tensor:
-        """Step index in 1..T for each time.
-
-        Shapes: t (B,) -> (B,) int64
-        """
-        return time_to_index(t, self.num_steps)
-
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """Shapes: x (B, in_dim), t (B,) -> (B, out_dim)"""
-        h = self.hidden_activations(x)
-        rows = self.step_index(t) - 1
-        weight = self.readout_weight[rows]  # (B, hidden, out_dim), gathered per example
-        bias = self.readout_bias[rows]  # (B, out_dim)
-        return torch.bmm(h[:, None, :], weight)[:, 0, :] + bias
+        return per_step_readout(self.hidden_activations(x), t, self.readout_weight, self.readout_bias)
 
     def extra_repr(self) -> str:
         return (

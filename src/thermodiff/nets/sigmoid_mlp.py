@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from thermodiff.errors import ConfigError
-from thermodiff.nets.embeddings import time_to_index
+from thermodiff.nets.options import check_int
+from thermodiff.nets.embeddings import per_step_readout
 
 __all__ = ["SigmoidMLP"]
 
@@ -42,8 +42,7 @@ class SigmoidMLP(nn.Module):
             ("hidden", hidden),
             ("depth", depth),
         ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"SigmoidMLP {name} must be an integer >= 1, got {value!r}")
+            check_int("SigmoidMLP", name, value)
 
         self.in_dim = in_dim
         self.out_dim = out_dim
@@ -68,20 +67,9 @@ class SigmoidMLP(nn.Module):
         self.readout_weight = nn.Parameter(torch.zeros(num_steps, hidden, out_dim))
         self.readout_bias = nn.Parameter(torch.zeros(num_steps, out_dim))
 
-    def step_index(self, t: Tensor) -> Tensor:
-        """Step index in 1..T for each time.
-
-        Shapes: t (B,) -> (B,) int64
-        """
-        return time_to_index(t, self.num_steps)
-
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """Shapes: x (B, in_dim), t (B,) -> (B, out_dim) logits"""
-        h = self.hidden_layers(x)
-        rows = self.step_index(t) - 1
-        weight = self.readout_weight[rows]  # (B, hidden, out_dim), gathered per example
-        bias = self.readout_bias[rows]  # (B, out_dim)
-        return torch.bmm(h[:, None, :], weight)[:, 0, :] + bias
+        return per_step_readout(self.hidden_layers(x), t, self.readout_weight, self.readout_bias)
 
     def extra_repr(self) -> str:
         return (

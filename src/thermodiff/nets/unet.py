@@ -14,15 +14,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from thermodiff.errors import ConfigError
+from thermodiff.nets.options import check_int
 from thermodiff.nets.embeddings import SinusoidalEmbedding
 
 __all__ = ["UNet"]
 
 
 def _check_int(name: str, value: Any, lo: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < lo:
-        raise ConfigError(f"UNet {name} must be an integer >= {lo}, got {value!r}")
-    return value
+    return check_int("UNet", name, value, lo)
 
 
 def _int_tuple(name: str, value: Any, lo: int) -> tuple[int, ...]:

@@ -58,15 +58,15 @@ def sample_support(model, log_density, eval_cfg, progress: bool = False) -> dict
 
     Shapes: log_density maps (N, *D) -> (N,); returns a dict of numbers.
     """
-    from .sampling.ancestral import sample
+    from .sampling.ancestral import sample, time_grid
 
+    steps = eval_cfg.sample_steps or None
     gen = torch.Generator().manual_seed(eval_cfg.seed)
     with torch.no_grad():
-        x = sample(model, eval_cfg.samples, gen, steps=eval_cfg.sample_steps or None, progress=progress)
+        x = sample(model, eval_cfg.samples, gen, steps=steps, progress=progress)
     valid = torch.isfinite(log_density(model.scaler.inverse(x)))
-    steps = eval_cfg.sample_steps or (model.schedule.T if not model.continuous else 1000)
     return {"valid_fraction": float(valid.to(torch.float64).mean()), "n_samples": eval_cfg.samples,
-            "sampling_steps": steps}
+            "sampling_steps": len(time_grid(model, steps))}
 
 
 def git_commit() -> str:

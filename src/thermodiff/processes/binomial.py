@@ -26,16 +26,6 @@ from .gaussian import expand_as, sum_dims
 LOG2 = math.log(2.0)
 
 
-def _log_keep_flip(a: torch.Tensor):
-    """log(a + (1 - a)/2) and log((1 - a)/2): the log-probabilities of a bit surviving a
-    hop of kept fraction a unchanged, and of it being flipped.
-
-    Shapes: a any -> (same, same) float64.
-    """
-    a = a.to(torch.float64)
-    return torch.log1p(-(1 - a) / 2), torch.log((1 - a) / 2)
-
-
 def q_logits(x0: torch.Tensor, abar_t: torch.Tensor) -> torch.Tensor:
     """Logits of q(x_t = 1 | x_0) = x_0 abar_t + (1 - abar_t) / 2, for binary or fractional x_0.
 
@@ -83,10 +73,9 @@ def posterior_logits(x_t: torch.Tensor, x0: torch.Tensor, abar_s: torch.Tensor, 
     Shapes: x_t, x0 (B, *D), abar_s, abar_t (B,) float64 -> (B, *D) float64.
     """
     x_t = x_t.to(torch.float64)
-    a = expand_as(abar_t.to(torch.float64) / abar_s.to(torch.float64), x_t)
-    log_keep, log_flip = _log_keep_flip(a)
-    # log q(x_t | x_s = 1) - log q(x_t | x_s = 0) = +-(log keep - log flip).
-    log_lik_ratio = (2 * x_t - 1) * (log_keep - log_flip)
+    # log q(x_t | x_s = 1) - log q(x_t | x_s = 0) is +-logit(keep): the hop's forward
+    # logit from a 1, with the sign of x_t.
+    log_lik_ratio = (2 * x_t - 1) * forward_logits(torch.ones_like(x_t), abar_s, abar_t)
     return log_lik_ratio + q_logits(x0, abar_s)
 
 

@@ -24,6 +24,8 @@ BENCHMARKS = {
     "heartbeat": "heartbeat",
     "heartbeat-paper": "paper/heartbeat",
     "binary-mnist": "binary-mnist",
+    "iw-mixture": "iw-mixture",
+    "iw-swissroll": "iw-swissroll",
 }
 
 SMOKE = {
@@ -35,6 +37,8 @@ SMOKE = {
 SMOKE_EXTRA = {
     "heartbeat": {"process": {"T": 50}},
     "heartbeat-paper": {"process": {"T": 50}},
+    "iw-mixture": {"eval": {"iw_M": 10, "iw_examples": 20}},
+    "iw-swissroll": {"eval": {"iw_M": 10, "iw_examples": 20}},
     "binary-mnist": {"process": {"T": 20}, "model": {"base_channels": 8, "channel_mults": (1,)},
                      "data": {"n_train": 256, "n_test": 64}},
 }
@@ -89,7 +93,7 @@ def run_benchmark(name: str, cfg: config_mod.Config, out: Path, progress: bool =
                   fresh: bool = False) -> dict:
     """Train (from scratch when fresh), evaluate, draw figures, write out/eval.json and
     out/report.md. Returns the record."""
-    from .report import evaluate_run, markdown, write_json
+    from .report import evaluate_run, iw_record, markdown, write_json
     from .report import figures as draw
     from .train import fit, load_run
 
@@ -109,6 +113,8 @@ def run_benchmark(name: str, cfg: config_mod.Config, out: Path, progress: bool =
     record = {"benchmark": name}
     record.update(evaluate_run(model, dataset.test, cfg.eval, dataset.log_density, progress=progress,
                                sampler=meta["time_sampler"]))
+    if cfg.eval.iw_M:
+        record.update(iw_record(model, dataset.test, cfg.eval, cfg.eval.iw_M, dataset.log_density, progress))
     if model.binomial and dataset.log_density is not None and cfg.eval.samples > 0:
         record.update(sample_support(model, dataset.log_density, cfg.eval, progress))
     record.update(

@@ -79,24 +79,43 @@ def _load_test(args, cfg, model):
     return dataset.test, dataset.log_density
 
 
+def _eval_overrides(args) -> dict:
+    """The eval config keys the command line sets."""
+    keys = (("n_t", getattr(args, "n_t", None)), ("iw_steps", args.iw_steps), ("iw_examples", args.iw_examples))
+    return {k: v for k, v in keys if v is not None}
+
+
 def cmd_evaluate(args) -> int:
-    from . import config
-    from .report import evaluate_run, write_json
+    from .report import evaluate_run, iw_record, write_json
     from .train import load_run
 
+    from . import config
+
     cfg, model, meta = load_run(args.run)
-    eval_cfg = cfg.eval
-    if args.n_t is not None:
-        eval_cfg = config.replace(cfg, eval={"n_t": args.n_t}).eval
+    eval_cfg = config.replace(cfg, eval=_eval_overrides(args)).eval
     y, log_density = _load_test(args, cfg, model)
     record = evaluate_run(model, y, eval_cfg, log_density, progress=not args.quiet, sampler=meta["time_sampler"])
+    keys = ("K_bits", "K_bits_scaled", "exact_bits_scaled", "gap_bits", "gap_stderr_bits", "L_null_bits",
+            "K_minus_L_null_bits", "bits_per_dim", "stderr_bits", "n_examples")
+    if args.iw is not None:
+        record.update(iw_record(model, y, eval_cfg, args.iw, log_density, progress=not args.quiet))
+        keys += ("iw_bits", "iw_bits_scaled", "iw_stderr_bits", "iw_gap_bits", "iw_gap_stderr_bits", "iw_M",
+                 "iw_steps", "iw_n_examples")
     record["train_steps"] = meta["step"]
     record["train_seconds"] = meta["train_seconds"]
-    _print_record(record, ("K_bits", "K_bits_scaled", "exact_bits_scaled", "gap_bits", "gap_stderr_bits", "L_null_bits",
-                           "K_minus_L_null_bits", "bits_per_dim", "stderr_bits", "n_examples"))
+    _print_record(record, keys)
     if args.json:
         write_json(args.json, record)
         print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import run_report
+
+    path = run_report(args.run, args.out, m=args.iw, html=args.html, progress=not args.quiet,
+                      eval_overrides=_eval_overrides(args))
+    print(f"report: {path}")
     return 0
 
 
@@ -154,7 +173,8 @@ def cmd_bench(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"bench-{args.name}{'-smoke' if args.smoke else ''}"
     record = run_benchmark(args.name, cfg, out, progress=not args.quiet, figures=not args.smoke, fresh=True)
     _print_record(record, ("K_bits", "K_bits_scaled", "exact_bits_scaled", "gap_bits", "gap_stderr_bits", "stderr_bits",
-                           "K_minus_L_null_bits", "bits_per_dim", "valid_fraction", "train_seconds", "device"))
+                           "K_minus_L_null_bits", "bits_per_dim", "valid_fraction", "iw_bits_scaled", "iw_gap_bits",
+                           "iw_gap_stderr_bits", "iw_M", "train_seconds", "device"))
     if args.json:
         from .report import write_json
 
@@ -190,7 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", help="held-out array (default: the run's held-out set)")
     e.add_argument("--json", help="write the record here")
     e.add_argument("--n-t", type=int, dest="n_t", help="diffusion times per example")
+    _iw_arguments(e, None, "also the importance-weighted (Jarzynski) estimate with M trajectories per example")
     e.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("report", help="the likelihood report of a run (K, importance-weighted estimate, entropy bounds)")
+    r.add_argument("run")
+    r.add_argument("--out", help="report folder (default RUN/report)")
+    r.add_argument("--html", action="store_true", help="write report.html instead of report.md")
+    _iw_arguments(r, 100, "trajectories per example for the importance-weighted estimate (default 100)")
+    r.set_defaults(func=cmd_report)
 
     s = sub.add_parser("sample", help="draw samples in the data's own units")
     s.add_argument("run")
@@ -207,6 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--smoke", action="store_true", help="a tiny version, for CI")
     b.set_defaults(func=cmd_bench)
     return p
+
+
+def _iw_arguments(p, default, help_m: str) -> None:
+    p.add_argument("--iw", type=int, default=default, metavar="M", help=help_m)
+    p.add_argument("--iw-steps", type=int, dest="iw_steps",
+                   help="hops of the chain for the importance-weighted estimate (default: every step; 1000 in continuous time)")
+    p.add_argument("--iw-examples", type=int, dest="iw_examples",
+                   help="held-out examples for the importance-weighted estimate (default: eval.iw_examples)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -100,6 +100,9 @@ class EvalConfig:
     max_examples: int = 0  # 0: the whole held-out set
     samples: int = 10_000  # benchmarks: samples drawn to score (binary data with a known support)
     sample_steps: int = 0  # sampling steps for benchmark samples and figures; 0: every step
+    iw_M: int = 0  # benchmarks: trajectories per example for the importance-weighted estimate; 0: none
+    iw_examples: int = 1000  # held-out examples for the importance-weighted estimate (its cost is M chains each)
+    iw_steps: int = 0  # hops of its chain; 0: every step (discrete), 1000 hops (continuous time)
     seed: int = 0
     use_ema: bool = True
 

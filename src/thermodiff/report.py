@@ -165,28 +165,163 @@ def _sample_figures(model: DiffusionModel, data_train: torch.Tensor, out: Path, 
     return paths
 
 
+def iw_record(model: DiffusionModel, y: torch.Tensor, eval_cfg, m: int, log_density=None,
+              progress: bool = False) -> dict:
+    """The importance-weighted fields of an evaluation record (``jarzynski.summarize_iw``)
+    on the first eval.iw_examples held-out examples, M trajectories each, over a chain
+    of eval.iw_steps hops (0: the model's own chain).
+
+    Shapes: y (N, *D) data units.
+    """
+    from .errors import ConfigError
+    from .jarzynski import evaluate_iw, summarize_iw
+    from .sampling.ancestral import time_grid
+
+    if m < 1:
+        raise ConfigError(f"the importance-weighted estimate needs M >= 1 trajectories, got {m}")
+    if eval_cfg.iw_examples < 1 or eval_cfg.iw_steps < 0:
+        raise ConfigError("eval.iw_examples must be at least 1 and eval.iw_steps at least 0")
+    model.check_data(y, "held-out data")
+    y = y[: eval_cfg.iw_examples]
+    steps = eval_cfg.iw_steps or None
+    hops = len(time_grid(model, steps))
+    logw = evaluate_iw(model, y, m, steps, eval_cfg.batch_size, eval_cfg.seed, progress)
+    exact = None
+    if log_density is not None:
+        exact = log_density(y.to(torch.float64)) - model.scaler.log_det(model.n_dims)
+    return summarize_iw(model, logw, y, hops, exact)
+
+
+def run_report(run: str | Path, out: str | Path | None = None, m: int = 100, html: bool = False,
+               progress: bool = False, eval_overrides: dict | None = None, entropy_examples: int = 256) -> Path:
+    """The likelihood report of a trained run: K and its terms, K - L_null, the
+    importance-weighted estimate against M, the entropy bounds of each reverse step,
+    the exact log-likelihood where the data set's density is known, and the run's
+    figures. Writes report.md (or report.html), report.json and PNGs to out
+    (default RUN/report) and returns the report's path. eval_overrides: eval config
+    keys to change for this report (e.g. iw_examples).
+    """
+    from . import config as config_mod
+    from . import data as data_mod
+    from . import plots
+    from .entropy import entropy_bounds
+    from .train import load_run
+
+    cfg, model, meta = load_run(run)
+    cfg = config_mod.replace(cfg, eval=eval_overrides or {})
+    out = Path(out) if out else Path(run) / "report"
+    dataset = data_mod.load(cfg.data)
+    record = evaluate_run(model, dataset.test, cfg.eval, dataset.log_density, progress=progress,
+                          sampler=meta["time_sampler"])
+    record.update(iw_record(model, dataset.test, cfg.eval, m, dataset.log_density, progress))
+    ent = entropy_bounds(model, dataset.test[:entropy_examples], cfg.eval.iw_steps or None, cfg.eval.seed)
+    record["entropy_bounds"] = ent
+    record.update(train_steps=meta["step"], train_seconds=meta["train_seconds"])
+    names = [p.name for p in figures(model, dataset.train, record, out, steps=cfg.eval.sample_steps or None)]
+    curve = record["iw_curve"]
+    names.append(plots.iw_curve(
+        out / "iw_curve.png", [c["M"] for c in curve], [c["bits_scaled"] for c in curve],
+        [c["stderr_bits"] for c in curve],
+        f"Importance-weighted estimate, {record['iw_n_examples']} examples, {record['iw_steps']} hops",
+        k_bits=record["K_bits_scaled"], exact_bits=record.get("exact_bits_scaled"),
+    ).name)
+    flagged = np.isin(np.asarray(ent["t"]), np.asarray(ent["flagged"]))
+    names.append(plots.entropy_bounds(
+        out / "entropy_bounds.png", ent["t"], ent["lower"], ent["upper"], ent["model"],
+        "Entropy of each reverse step (paper eq. 24)", flagged=flagged,
+    ).name)
+    write_json(out / "report.json", record)
+    title = f"thermodiff report: {cfg.name}"
+    path = out / ("report.html" if html else "report.md")
+    with atomic_write(path) as f:
+        f.write((to_html if html else markdown)(record, title, names))
+    return path
+
+
+# Rows of the report's main table: label, record key.
+_ROWS = [
+    ("K, bits per example (data units)", "K_bits"),
+    ("K, bits per example (scaled data, paper convention)", "K_bits_scaled"),
+    ("exact log-likelihood, bits (scaled data)", "exact_bits_scaled"),
+    ("gap exact - K, bits", "gap_bits"),
+    ("standard error of the gap, bits", "gap_stderr_bits"),
+    ("L_null, bits", "L_null_bits"),
+    ("K - L_null, bits", "K_minus_L_null_bits"),
+    ("bits per dimension (-K / D, data units)", "bits_per_dim"),
+    ("standard error of K, bits", "stderr_bits"),
+    ("prior term, bits", "prior_bits"),
+    ("reconstruction term, bits", "reconstruction_bits"),
+    ("diffusion term, bits", "diffusion_bits"),
+    ("held-out examples", "n_examples"),
+    ("importance-weighted estimate, bits (data units)", "iw_bits"),
+    ("importance-weighted estimate, bits (scaled data)", "iw_bits_scaled"),
+    ("its standard error, bits", "iw_stderr_bits"),
+    ("its gap to the exact log-likelihood, bits", "iw_gap_bits"),
+    ("trajectories per example M", "iw_M"),
+    ("hops per trajectory", "iw_steps"),
+    ("examples for the importance-weighted estimate", "iw_n_examples"),
+    ("training steps", "train_steps"),
+    ("training seconds", "train_seconds"),
+]
+
+
+def _cell(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _tables(record: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The report's tables as (caption, header, rows)."""
+    tables = [("", ["quantity", "value"], [[label, _cell(record[key])] for label, key in _ROWS if key in record])]
+    if "iw_curve" in record:
+        exact = "gap_bits" in record["iw_curve"][0]
+        header = ["M", "estimate, bits (scaled)", "standard error"] + (["gap to exact", "its standard error"] if exact else [])
+        rows = [[str(c["M"]), _cell(c["bits_scaled"]), _cell(c["stderr_bits"])]
+                + ([_cell(c["gap_bits"]), _cell(c["gap_stderr_bits"])] if exact else []) for c in record["iw_curve"]]
+        tables.append(("Importance-weighted estimate against M (M = 1 is K's estimator for the same chain; "
+                       "the larger M are averaged over disjoint groups of the same trajectories)", header, rows))
+    return tables
+
+
+def _entropy_line(record: dict) -> str | None:
+    ent = record.get("entropy_bounds")
+    if not ent:
+        return None
+    n, bad = len(ent["t"]), len(ent["flagged"])
+    where = f": t = {', '.join(f'{t:.4g}' for t in ent['flagged'][:10])}{' ...' if bad > 10 else ''}" if bad else ""
+    return f"Reverse steps whose kernel entropy lies outside the eq. 24 bounds: {bad} of {n}{where}."
+
+
 def markdown(record: dict, title: str, figure_names: list[str]) -> str:
-    """A short Markdown report of an evaluation record."""
-    lines = [f"# {title}", "", "| quantity | value |", "| --- | --- |"]
-    rows = [
-        ("K, bits per example (data units)", "K_bits"),
-        ("K, bits per example (scaled data, paper convention)", "K_bits_scaled"),
-        ("exact log-likelihood, bits (scaled data)", "exact_bits_scaled"),
-        ("gap exact - K, bits", "gap_bits"),
-        ("standard error of the gap, bits", "gap_stderr_bits"),
-        ("L_null, bits", "L_null_bits"),
-        ("K - L_null, bits", "K_minus_L_null_bits"),
-        ("bits per dimension (-K / D, data units)", "bits_per_dim"),
-        ("standard error of K, bits", "stderr_bits"),
-        ("prior term, bits", "prior_bits"),
-        ("reconstruction term, bits", "reconstruction_bits"),
-        ("diffusion term, bits", "diffusion_bits"),
-        ("held-out examples", "n_examples"),
-        ("training seconds", "train_seconds"),
-    ]
-    for label, key in rows:
-        if key in record:
-            v = record[key]
-            lines.append(f"| {label} | {v:.4f} |" if isinstance(v, float) else f"| {label} | {v} |")
-    lines += [""] + [f"![{name}]({name})" for name in figure_names]
+    """A Markdown report of an evaluation record, with its figures."""
+    lines = [f"# {title}", ""]
+    for caption, header, rows in _tables(record):
+        if caption:
+            lines += [caption, ""]
+        lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows] + [""]
+    line = _entropy_line(record)
+    if line:
+        lines += [line, ""]
+    lines += [f"![{name}]({name})" for name in figure_names]
     return "\n".join(lines) + "\n"
+
+
+def to_html(record: dict, title: str, figure_names: list[str]) -> str:
+    """The same report as a self-contained HTML page (figures linked beside it)."""
+    from html import escape
+
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>",
+             "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
+             "td,th{border:1px solid #ccc;padding:2px 8px}table{border-collapse:collapse;margin:1em 0}</style>",
+             f"</head><body><h1>{escape(title)}</h1>"]
+    for caption, header, rows in _tables(record):
+        if caption:
+            parts.append(f"<p>{escape(caption)}</p>")
+        parts.append("<table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{escape(c)}</td>" for c in r) + "</tr>" for r in rows]
+        parts.append("</table>")
+    line = _entropy_line(record)
+    if line:
+        parts.append(f"<p>{escape(line)}</p>")
+    parts += [f"<p><img src='{escape(name)}' alt='{escape(name)}'></p>" for name in figure_names]
+    return "\n".join(parts) + "\n</body></html>\n"

@@ -15,9 +15,9 @@ import torch
 
 from ..errors import ConfigError
 from ..model import DiffusionModel
-from ..parametrization import binomial_reverse_logits, reverse_kernel
+from ..kernels import reverse_step
+from ..parametrization import reverse_kernel
 from ..processes import binomial
-from ..processes.gaussian import expand_as
 
 
 def time_grid(model: DiffusionModel, steps: int | None = None) -> torch.Tensor:
@@ -38,11 +38,6 @@ def time_grid(model: DiffusionModel, steps: int | None = None) -> torch.Tensor:
         raise ConfigError("the paper's kernel is defined per step: sample with all T steps")
     idx = torch.unique(torch.round(torch.linspace(1, T, steps, dtype=torch.float64)))
     return idx / T
-
-
-def _draw(mean, var, generator):
-    noise = torch.randn(mean.shape, generator=generator).to(mean.device)
-    return mean + expand_as(var.sqrt(), mean) * noise
 
 
 @torch.no_grad()
@@ -79,25 +74,8 @@ def sample(
         abar_t = model.abar_at(t)
         if keep and (len(grid) - 1 - k) % stride == 0:
             snaps.append((float(grid[k]), x.cpu().clone()))
-        if k > 0:
-            abar_s = model.abar_at(grid[k - 1].expand(n))
-        else:
-            abar_s = torch.ones_like(abar_t)
-        if model.binomial:
-            if k == 0 and model.spec.decoder == "paper":
-                logits = binomial.forward_logits(x, abar_s, abar_t)  # the forward kernel, App. B.2
-            else:
-                logits, _ = binomial_reverse_logits(model.spec.parametrization, model(x, t), x, abar_s, abar_t)
-            x = binomial.sample_bernoulli(logits, generator)
-            continue
-        if k == 0 and model.spec.decoder == "paper":
-            # The paper's last step: the forward kernel's reversal under pi.
-            beta = 1 - abar_t
-            mean, var = expand_as(abar_t.sqrt(), x) * x, beta
-        else:
-            out = model(x, t)
-            mean, var, _ = reverse_kernel(model.spec.parametrization, model.spec.variance, out, x, abar_s, abar_t)
-        x = _draw(mean, var, generator)
+        abar_s = model.abar_at(grid[k - 1].expand(n)) if k > 0 else torch.ones_like(abar_t)
+        x = reverse_step(model, x, t, abar_s, abar_t).sample(generator)
     if keep:
         snaps.append((0.0, x.cpu().clone()))
         return x, snaps

@@ -21,6 +21,7 @@ import torch
 from .kernels import forward_kernel, reverse_step
 from .likelihood import LN2
 from .model import DiffusionModel
+from .sampling.ancestral import time_grid
 
 # Entropies within this many nats per dimension of a bound count as on it: the
 # fixed-small and fixed-large kernels sit exactly on the bounds, up to rounding.
@@ -37,8 +38,6 @@ def entropy_bounds(model: DiffusionModel, y: torch.Tensor, steps: int | None = N
 
     Shapes: y (N, *D) data units (a few hundred examples suffice) -> dict of lists.
     """
-    from .sampling.ancestral import time_grid
-
     model.eval()
     dev = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)

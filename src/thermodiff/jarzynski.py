@@ -28,16 +28,16 @@ import torch
 from .kernels import forward_kernel, log_prior, reverse_step
 from .likelihood import LN2
 from .model import DiffusionModel
+from .sampling.ancestral import time_grid
 
 
 def log_weights(model: DiffusionModel, x0: torch.Tensor, m: int, generator: torch.Generator,
-                steps: int | None = None) -> torch.Tensor:
-    """log w of m forward trajectories per example, nats (scaled data).
+                steps: int | None = None, on_hop=None) -> torch.Tensor:
+    """log w of m forward trajectories per example, nats (scaled data). on_hop, if
+    given, is called once per hop (a progress bar's update).
 
     Shapes: x0 (B, *D) scaled units -> (B, m) float64.
     """
-    from .sampling.ancestral import time_grid
-
     dev = x0.device
     b = x0.shape[0]
     grid = time_grid(model, steps).to(dev)
@@ -53,6 +53,8 @@ def log_weights(model: DiffusionModel, x0: torch.Tensor, m: int, generator: torc
         x_t = q.sample(generator).to(torch.float64)
         logw += reverse_step(model, x_t, t, abar_prev, abar_t).log_prob(x_prev) - q.log_prob(x_t)
         x_prev, abar_prev = x_t, abar_t
+        if on_hop:
+            on_hop(1)
     logw += log_prior(model, x_prev)
     return logw.reshape(b, m)
 
@@ -91,12 +93,17 @@ def evaluate_iw(model: DiffusionModel, y: torch.Tensor, m: int, steps: int | Non
     dev = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     per_batch = max(1, batch_size // m)
-    chunks = range(0, y.shape[0], per_batch)
+    starts = range(0, y.shape[0], per_batch)
+    bar = None
     if progress:
         from tqdm import tqdm
 
-        chunks = tqdm(chunks, desc=f"importance-weighted, M = {m}", unit="batch", leave=False)
-    parts = [log_weights(model, model.scaler(y[s : s + per_batch]).to(dev), m, gen, steps).cpu() for s in chunks]
+        bar = tqdm(total=len(starts) * len(time_grid(model, steps)), desc=f"importance-weighted, M = {m}",
+                   unit="hop", leave=False)
+    parts = [log_weights(model, model.scaler(y[s : s + per_batch]).to(dev), m, gen, steps,
+                         bar.update if bar else None).cpu() for s in starts]
+    if bar:
+        bar.close()
     return torch.cat(parts)
 
 
@@ -118,7 +125,8 @@ def summarize_iw(model: DiffusionModel, logw: torch.Tensor, y: torch.Tensor, ste
     iw_n_examples, and iw_curve: the estimate at each M of ``m_ladder`` from the same
     trajectories (M = 1 is K's estimator for this chain). With the exact log-likelihood
     per example (nats, scaled units) each curve point carries its gap, exact minus the
-    estimate, paired over the same examples, with its standard error.
+    estimate, paired over the same examples, with its standard error, and
+    iw_exact_bits_scaled is the exact mean over those examples.
 
     Shapes: logw (N, M), y (N, *D), exact_scaled (N,) or None -> dict.
     """
@@ -149,4 +157,5 @@ def summarize_iw(model: DiffusionModel, logw: torch.Tensor, y: torch.Tensor, ste
     }
     if exact_scaled is not None:
         record["iw_gap_bits"], record["iw_gap_stderr_bits"] = top["gap_bits"], top["gap_stderr_bits"]
+        record["iw_exact_bits_scaled"] = mean_se(exact_scaled.to(torch.float64))[0]
     return record

@@ -583,13 +583,13 @@ def iw_curve(
     bits: np.ndarray,
     stderr: np.ndarray,
     title: str,
-    k_bits: float | None = None,
     exact_bits: float | None = None,
 ) -> Path:
-    """The importance-weighted estimate against the number of trajectories M (log axis),
-    with error bars of one standard error, K and the exact log-likelihood as lines.
+    """The importance-weighted estimate against the number of trajectories M (log axis;
+    M = 1 is K's estimator), with error bars of one standard error, and the exact
+    log-likelihood on the same examples as a line.
 
-    Shapes: m, bits, stderr: (n,); k_bits, exact_bits: scalars in the same units.
+    Shapes: m, bits, stderr: (n,); exact_bits: a scalar in the same units.
     """
     m, y, se = _vector("m", m), _vector("bits", bits), _vector("stderr", stderr)
     if not (m.shape == y.shape == se.shape) or m.size == 0:
@@ -598,8 +598,6 @@ def iw_curve(
     ax = fig.add_subplot()
     ax.errorbar(m, y, yerr=np.nan_to_num(se), color=MODEL_COLOR, marker="o", ms=4, lw=1.6, capsize=3,
                 label="log-mean-exp of M trajectory weights")
-    if k_bits is not None:
-        ax.axhline(k_bits, color="0.4", lw=1.0, ls="--", label="K (analytic terms)")
     if exact_bits is not None:
         ax.axhline(exact_bits, color=DATA_COLOR, lw=1.4, label="exact log-likelihood")
     if m.max() > m.min():
@@ -629,18 +627,27 @@ def entropy_bounds(
     t, lo, hi, h = (_vector(k, a) for k, a in (("t", t), ("lower", lower), ("upper", upper), ("model", model)))
     if not (t.shape == lo.shape == hi.shape == h.shape) or t.size == 0:
         raise ValueError("t, lower, upper and model must be non-empty and of one shape")
-    fig = _new_figure(6.4, 4.0)
-    ax = fig.add_subplot()
+    fig = _new_figure(10.0, 4.0)
+    ax, rel = fig.subplots(1, 2)
     ax.fill_between(t, lo, hi, color="0.85", label="eq. 24 bounds on H_q(X_s | X_t)")
     ax.plot(t, lo, color="0.5", lw=0.8)
     ax.plot(t, hi, color="0.5", lw=0.8)
     ax.plot(t, h, color=MODEL_COLOR, lw=1.6, label="model kernel, mean entropy")
+    # Right: where the model sits within the band (0: lower bound, 1: upper bound),
+    # readable where the band is too narrow to see on the left.
+    width = np.where(hi - lo > 0, hi - lo, np.nan)
+    rel.axhspan(0.0, 1.0, color="0.85")
+    rel.plot(t, (h - lo) / width, color=MODEL_COLOR, lw=1.6)
     out = np.zeros(t.shape, dtype=bool) if flagged is None else np.asarray(flagged, dtype=bool)
     if out.any():
         ax.plot(t[out], h[out], "x", color="#c0392b", ms=5, label="outside the bounds")
-    ax.set_xlabel("time t of x_t (0 = data, 1 = noise)")
+        rel.plot(t[out], ((h - lo) / width)[out], "x", color="#c0392b", ms=5)
+    for a in (ax, rel):
+        a.set_xlabel("time t of x_t (0 = data, 1 = noise)")
+        a.grid(True, which="major", lw=0.5, alpha=0.4)
     ax.set_ylabel("bits per dimension")
-    ax.set_title(title)
-    ax.grid(True, which="major", lw=0.5, alpha=0.4)
+    rel.set_ylabel("(H - lower) / (upper - lower)")
     ax.legend(loc="lower right", fontsize=8)
+    rel.set_title("position within the bounds")
+    fig.suptitle(title)
     return _save(fig, path)

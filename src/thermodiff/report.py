@@ -94,6 +94,7 @@ def figures(model: DiffusionModel, data_train: torch.Tensor, record: dict, out: 
     if model.data_shape != (2,):
         return paths
     gen = torch.Generator().manual_seed(seed)
+    n = min(n, data_train.shape[0])  # a small training set is drawn whole
     x0 = model.scaler(data_train[torch.randperm(data_train.shape[0], generator=gen)[:n]])
     with torch.no_grad():
         times = [0.0, 0.5, 1.0]
@@ -223,7 +224,7 @@ def run_report(run: str | Path, out: str | Path | None = None, m: int = 100, htm
         out / "iw_curve.png", [c["M"] for c in curve], [c["bits_scaled"] for c in curve],
         [c["stderr_bits"] for c in curve],
         f"Importance-weighted estimate, {record['iw_n_examples']} examples, {record['iw_steps']} hops",
-        k_bits=record["K_bits_scaled"], exact_bits=record.get("exact_bits_scaled"),
+        exact_bits=record.get("iw_exact_bits_scaled"),
     ).name)
     flagged = np.isin(np.asarray(ent["t"]), np.asarray(ent["flagged"]))
     names.append(plots.entropy_bounds(
@@ -256,6 +257,7 @@ _ROWS = [
     ("importance-weighted estimate, bits (data units)", "iw_bits"),
     ("importance-weighted estimate, bits (scaled data)", "iw_bits_scaled"),
     ("its standard error, bits", "iw_stderr_bits"),
+    ("exact log-likelihood on the same examples, bits (scaled data)", "iw_exact_bits_scaled"),
     ("its gap to the exact log-likelihood, bits", "iw_gap_bits"),
     ("trajectories per example M", "iw_M"),
     ("hops per trajectory", "iw_steps"),

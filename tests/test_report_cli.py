@@ -1,0 +1,71 @@
+"""`evaluate --iw` and `thermodiff report` end to end on tiny runs with a known density."""
+
+import json
+
+import pytest
+
+from test_cli import CONTRACT_KEYS, _one_line_error, run
+from thermodiff.cli import config_path
+
+IW_KEYS = ("iw_bits", "iw_bits_scaled", "iw_stderr_bits", "iw_M")
+TINY = ["--set", "model.width=16", "--set", "model.depth=1", "--set", "train.batch_size=64",
+        "--set", "train.max_seconds=0", "--set", "data.n_train=500", "--set", "data.n_test=300",
+        "--set", "eval.n_t=4", "--set", "process.T=12", "--set", "eval.iw_examples=30"]
+
+
+@pytest.fixture(scope="module")
+def mixture_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "mix"
+    r = run("train", config_path("iw-mixture"), "--out", out, "--steps", 20, *TINY)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def heartbeat_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "hb"
+    r = run("train", config_path("heartbeat"), "--out", out, "--steps", 20, *TINY)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+@pytest.mark.parametrize("which", ["mixture_run", "heartbeat_run"])
+def test_evaluate_iw_adds_its_fields(which, request, tmp_path):
+    run_dir = request.getfixturevalue(which)
+    r = run("evaluate", run_dir, "--iw", 10, "--json", tmp_path / "e.json")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((tmp_path / "e.json").read_text())
+    for key in CONTRACT_KEYS + IW_KEYS:
+        assert key in rec, key
+    assert rec["iw_M"] == 10 and rec["iw_n_examples"] == 30 and rec["iw_steps"] == 12
+    assert [c["M"] for c in rec["iw_curve"]] == [1, 2, 5, 10]
+    assert rec["iw_stderr_bits"] > 0
+    # Both data sets have an exact density: each curve point carries its paired gap.
+    assert all("gap_bits" in c for c in rec["iw_curve"]) and "iw_gap_bits" in rec
+    if which == "heartbeat_run":
+        assert rec["iw_bits"] == rec["iw_bits_scaled"]  # binary data are never rescaled
+
+
+def test_report_writes_markdown_json_and_figures(mixture_run, tmp_path):
+    out = tmp_path / "rep"
+    r = run("report", mixture_run, "--iw", 20, "--iw-examples", 25, "--out", out)
+    assert r.returncode == 0, r.stderr
+    text = (out / "report.md").read_text()
+    rec = json.loads((out / "report.json").read_text())
+    assert rec["iw_M"] == 20 and rec["iw_n_examples"] == 25
+    for name in ("bound_terms.png", "iw_curve.png", "entropy_bounds.png", "samples.png"):
+        assert (out / name).stat().st_size > 1000 and f"]({name})" in text
+    assert "Importance-weighted estimate against M" in text and "eq. 24 bounds" in text
+    ent = rec["entropy_bounds"]
+    assert len(ent["t"]) == len(ent["lower"]) == len(ent["model"]) == 11
+    r = run("report", mixture_run, "--iw", 4, "--iw-examples", 5, "--out", tmp_path / "html", "--html")
+    assert r.returncode == 0, r.stderr
+    assert "<table>" in (tmp_path / "html" / "report.html").read_text()
+
+
+def test_bad_iw_arguments_are_one_line_errors(mixture_run, tmp_path):
+    _one_line_error(run("evaluate", mixture_run, "--iw", 0, "--json", tmp_path / "e.json"), "M >= 1")
+    assert not (tmp_path / "e.json").exists()
+    _one_line_error(run("report", mixture_run, "--iw-examples", 0, "--out", tmp_path / "r"), "iw_examples")
+    assert not (tmp_path / "r" / "report.md").exists()
+    _one_line_error(run("report", tmp_path / "nothing"), "run folder not found")

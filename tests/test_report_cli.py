@@ -13,20 +13,20 @@ TINY = ["--set", "model.width=16", "--set", "model.depth=1", "--set", "train.bat
         "--set", "eval.n_t=4", "--set", "process.T=12", "--set", "eval.iw_examples=30"]
 
 
-@pytest.fixture(scope="module")
-def mixture_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "mix"
-    r = run("train", config_path("iw-mixture"), "--out", out, "--steps", 20, *TINY)
+def _tiny_run(config, out):
+    r = run("train", config_path(config), "--out", out, "--steps", 20, *TINY)
     assert r.returncode == 0, r.stderr
     return out
+
+
+@pytest.fixture(scope="module")
+def mixture_run(tmp_path_factory):
+    return _tiny_run("iw-mixture", tmp_path_factory.mktemp("runs") / "mix")
 
 
 @pytest.fixture(scope="module")
 def heartbeat_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "hb"
-    r = run("train", config_path("heartbeat"), "--out", out, "--steps", 20, *TINY)
-    assert r.returncode == 0, r.stderr
-    return out
+    return _tiny_run("heartbeat", tmp_path_factory.mktemp("runs") / "hb")
 
 
 @pytest.mark.parametrize("which", ["mixture_run", "heartbeat_run"])
@@ -69,3 +69,11 @@ def test_bad_iw_arguments_are_one_line_errors(mixture_run, tmp_path):
     _one_line_error(run("report", mixture_run, "--iw-examples", 0, "--out", tmp_path / "r"), "iw_examples")
     assert not (tmp_path / "r" / "report.md").exists()
     _one_line_error(run("report", tmp_path / "nothing"), "run folder not found")
+
+
+def test_iw_bench_smoke(tmp_path):
+    r = run("bench", "iw-mixture", "--smoke", "--out", tmp_path / "b", "--json", tmp_path / "b.json")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((tmp_path / "b.json").read_text())
+    assert rec["benchmark"] == "iw-mixture" and rec["iw_M"] == 10 and rec["iw_n_examples"] == 20
+    assert "iw_gap_bits" in rec and "gap_bits" in rec

@@ -22,7 +22,7 @@ from thermodiff.data.toy import GaussianMixture
 from thermodiff.entropy import entropy_bounds
 from thermodiff.jarzynski import iw_estimates, log_mean_exp, log_weights, m_ladder, summarize_iw
 from thermodiff.likelihood import LN2, bound_terms
-from thermodiff.model import DiffusionModel, ModelSpec
+from thermodiff.oracle import mixture_model
 from thermodiff.schedules import ContinuousSchedule, DiscreteSchedule
 
 
@@ -97,26 +97,6 @@ def test_binomial_mean_weight_is_the_models_marginal_by_enumeration():
     assert torch.all((iw_estimates(logw, 1000) - expect.log()).abs() < 0.01)
 
 
-class MixtureScore(nn.Module):
-    """The exact eps prediction -sigma_t grad log q_t(x_t) for Gaussian-mixture data:
-    q_t is the mixture with means sqrt(abar) mu_k and covariances abar Sigma_k + (1 - abar) I."""
-
-    def __init__(self, model_ref, mix):
-        super().__init__()
-        self.ref, self.mix = [model_ref], mix
-        self.dummy = nn.Parameter(torch.zeros(1, dtype=torch.float64))
-
-    def forward(self, x, t):
-        abar = self.ref[0].abar_at(t.to(torch.float64))
-        out = torch.empty(x.shape, dtype=torch.float64)
-        eye = torch.eye(self.mix.dim, dtype=torch.float64)
-        for a in torch.unique(abar):
-            rows = abar == a
-            q_t = GaussianMixture(self.mix.weights, a.sqrt() * self.mix.means, a * self.mix.covariances + (1 - a) * eye)
-            out[rows] = -(1 - a).sqrt() * q_t.score(x[rows].to(torch.float64))
-        return out.to(x.dtype)
-
-
 def _mixture():
     return GaussianMixture(torch.tensor([0.3, 0.7]), torch.tensor([[-1.0, 0.5], [0.8, -0.2]]),
                            torch.stack([0.05 * torch.eye(2), 0.2 * torch.eye(2)]))
@@ -128,9 +108,7 @@ def test_iw_lies_between_k_and_the_exact_likelihood_on_a_mixture(time):
     nat; IW(M) rises towards the exact log-likelihood and never passes it on average."""
     mix = _mixture()
     sched = DiscreteSchedule("cosine", 50) if time == "discrete" else ContinuousSchedule("linear-logsnr")
-    model = DiffusionModel(nn.Identity(), sched, ModelSpec("eps", "fixed-small", "learned"), (2,), 1)
-    model.net = MixtureScore(model, mix)
-    model = model.double()
+    model = mixture_model(mix, sched)
     x0 = mix.sample(300, torch.Generator().manual_seed(0))
     exact = mix.log_prob(x0)
     with torch.no_grad():

@@ -23,11 +23,19 @@ from .processes.gaussian import LOG_2PI, expand_as, log_normal, sum_dims
 @dataclass(frozen=True)
 class Kernel:
     """A factorised distribution over x given per example: Bernoulli logits, or a
-    Gaussian mean and variance (variance per example or per dimension)."""
+    Gaussian mean and variance (variance per example or per dimension). A reverse
+    kernel built from a network output also carries the network's x_0 prediction
+    (x0-logits for binary data), which conditioning uses."""
 
     logits: torch.Tensor | None = None  # (B, *D) float64
     mean: torch.Tensor | None = None  # (B, *D)
     var: torch.Tensor | None = None  # (B,) or (B, *D)
+    x0: torch.Tensor | None = None  # (B, *D)
+
+    def take(self, index: torch.Tensor) -> "Kernel":
+        """The kernel of the rows in index (e.g. after resampling). Shapes: index (B',) -> over (B', *D)."""
+        pick = lambda v: None if v is None else v[index]  # noqa: E731
+        return Kernel(logits=pick(self.logits), mean=pick(self.mean), var=pick(self.var), x0=pick(self.x0))
 
     def sample(self, generator: torch.Generator) -> torch.Tensor:
         """One draw. Shapes: -> (B, *D) (binary draws are float32, Gaussian draws keep
@@ -85,10 +93,10 @@ def reverse_step(model: DiffusionModel, x_t: torch.Tensor, t: torch.Tensor, abar
     net_dtype = next(model.parameters()).dtype
     out = model(x_t.to(net_dtype), t)
     if model.binomial:
-        logits, _ = binomial_reverse_logits(model.spec.parametrization, out, x_t, abar_s, abar_t)
-        return Kernel(logits=logits)
-    mean, var, _ = reverse_kernel(model.spec.parametrization, model.spec.variance, out, x_t, abar_s, abar_t)
-    return Kernel(mean=mean, var=var)
+        logits, x0_logits = binomial_reverse_logits(model.spec.parametrization, out, x_t, abar_s, abar_t)
+        return Kernel(logits=logits, x0=x0_logits)
+    mean, var, x0_hat = reverse_kernel(model.spec.parametrization, model.spec.variance, out, x_t, abar_s, abar_t)
+    return Kernel(mean=mean, var=var, x0=x0_hat)
 
 
 def log_prior(model: DiffusionModel, x: torch.Tensor) -> torch.Tensor:

@@ -312,6 +312,53 @@ class GaussianMixture:
             out[i : i + rows] = -torch.einsum("nk,kdn->nd", resp, prec_diff)
         return out
 
+    def observe(self, y: torch.Tensor, sigma: float, gain: torch.Tensor | None = None) -> "GaussianMixture":
+        """The posterior given one observation y = G x + N(0, sigma^2 I), G = diag(gain)
+        (gain 1 everywhere when None; 0 where a coordinate is unobserved). Each component
+        updates by Gaussian conjugacy and is reweighted by its evidence N(y; G mu_k,
+        G Sigma_k G + sigma^2 I).
+
+        Shapes: y (D,), gain (D,) -> mixture over D dimensions.
+        """
+        y = _as_float64(y, "observe y")
+        g = torch.ones(self.dim, dtype=torch.float64) if gain is None else _as_float64(gain, "observe gain")
+        eye = torch.eye(self.dim, dtype=torch.float64)
+        prec = torch.linalg.inv(self.covariances) + torch.diag(g**2 / sigma**2)  # (K, D, D)
+        cov = torch.linalg.inv(prec)
+        cov = 0.5 * (cov + cov.transpose(1, 2))
+        rhs = torch.linalg.solve(self.covariances, self.means[..., None])[..., 0] + g * y / sigma**2
+        means = (cov @ rhs[..., None])[..., 0]
+        evidence_cov = g[:, None] * self.covariances * g[None, :] + sigma**2 * eye
+        log_ev = torch.stack([
+            GaussianMixture(torch.ones(1), (g * self.means[k])[None], evidence_cov[k][None]).log_prob(y[None])[0]
+            for k in range(self.n_components)
+        ])
+        return GaussianMixture(torch.softmax(torch.log(self.weights) + log_ev, 0), means, cov)
+
+    def condition(self, known: torch.Tensor, values: torch.Tensor) -> "GaussianMixture":
+        """The distribution of the other coordinates given x[known] = values exactly:
+        per component the Schur complement, reweighted by N(values; mu_k[known],
+        Sigma_k[known, known]).
+
+        Shapes: known (D,) bool, values (D,) (read where known) -> mixture over the
+        D - |known| other coordinates, in their original order.
+        """
+        known = torch.as_tensor(known, dtype=torch.bool)
+        v = _as_float64(values, "condition values")[known]
+        a, b = known, ~known
+        s_aa = self.covariances[:, a][:, :, a]
+        s_ba = self.covariances[:, b][:, :, a]
+        s_bb = self.covariances[:, b][:, :, b]
+        diff = (v - self.means[:, a])[..., None]  # (K, |a|, 1)
+        means = self.means[:, b] + (s_ba @ torch.linalg.solve(s_aa, diff))[..., 0]
+        cov = s_bb - s_ba @ torch.linalg.solve(s_aa, s_ba.transpose(1, 2))
+        cov = 0.5 * (cov + cov.transpose(1, 2))
+        log_ev = torch.stack([
+            GaussianMixture(torch.ones(1), self.means[k, a][None], s_aa[k][None]).log_prob(v[None])[0]
+            for k in range(self.n_components)
+        ])
+        return GaussianMixture(torch.softmax(torch.log(self.weights) + log_ev, 0), means, cov)
+
 
 # A standard 2-D toy: eight isotropic Gaussians evenly spaced on a circle.
 RING_N_COMPONENTS = 8

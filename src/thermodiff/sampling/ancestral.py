@@ -15,9 +15,7 @@ import torch
 
 from ..errors import ConfigError
 from ..model import DiffusionModel
-from ..kernels import reverse_step
 from ..parametrization import reverse_kernel
-from ..processes import binomial
 
 
 def time_grid(model: DiffusionModel, steps: int | None = None) -> torch.Tensor:
@@ -48,20 +46,22 @@ def sample(
     steps: int | None = None,
     keep: int = 0,
     progress: bool = False,
+    condition=None,
 ):
     """Draw n samples in the model's (scaled) units.
 
     keep > 0 also returns `keep` snapshots of the whole batch along the chain
     (including the start x_T and the end x_0), for trajectory figures.
+    condition: a ``conditioning.Conditioning`` (samples from p(x_0) r(x_0)); it
+    chooses the start of the chain and replaces each step.
 
     Shapes: returns x0 (n, *D), and with keep a list of (time, (n, *D)) pairs.
     """
+    from .conditioning import Plain
+
     dev = next(model.parameters()).device
-    grid = time_grid(model, steps).to(dev)
-    if model.binomial:
-        x = binomial.sample_bernoulli(torch.zeros((n,) + model.data_shape, dtype=torch.float64), generator).to(dev)
-    else:
-        x = torch.randn((n,) + model.data_shape, generator=generator).to(dev)
+    stepper = condition or Plain()
+    x, grid = stepper.start(model, n, time_grid(model, steps).to(dev), generator)
     snaps = []
     stride = max(1, len(grid) // max(1, keep - 1)) if keep else 0
     hops = range(len(grid) - 1, -1, -1)
@@ -70,12 +70,13 @@ def sample(
 
         hops = tqdm(hops, desc="sample", unit="step", leave=False)
     for k in hops:
-        t = grid[k].expand(n)
+        t = grid[k].expand(x.shape[0])
         abar_t = model.abar_at(t)
         if keep and (len(grid) - 1 - k) % stride == 0:
             snaps.append((float(grid[k]), x.cpu().clone()))
-        abar_s = model.abar_at(grid[k - 1].expand(n)) if k > 0 else torch.ones_like(abar_t)
-        x = reverse_step(model, x, t, abar_s, abar_t).sample(generator)
+        abar_s = model.abar_at(grid[k - 1].expand(x.shape[0])) if k > 0 else torch.ones_like(abar_t)
+        x = stepper.step(model, x, t, abar_s, abar_t, generator)
+    x = stepper.finish(x, generator)
     if keep:
         snaps.append((0.0, x.cpu().clone()))
         return x, snaps

@@ -149,6 +149,78 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def _condition_array(path, model, what: str):
+    """A known-values, mask or observation file: one example of the data's shape, or
+    one per sample (n, *D)."""
+    import torch
+
+    from .data.arrays import load_array
+
+    a = torch.as_tensor(load_array(path), dtype=torch.float64)
+    if a.numel() == model.n_dims:
+        return a.reshape(model.data_shape)
+    if tuple(a.shape[1:]) == model.data_shape:
+        return a
+    raise DataError(f"{path}: {what} of shape {tuple(a.shape)}; the model's examples have shape {model.data_shape} "
+                    f"(give one example, or one per sample)")
+
+
+def cmd_condition(args) -> int:
+    import numpy as np
+    import torch
+
+    from .data.arrays import save_array
+    from .errors import ConfigError
+    from .sampling.conditioning import GaussianObservation, Known, default_method, sample_conditioned
+    from .train import load_run
+
+    if args.n < 1:
+        raise DataError(f"-n must be at least 1, got {args.n}")
+    if (args.known is None) == (args.observe is None):
+        raise ConfigError("give --known FILE with --mask FILE (inpainting), or --observe FILE with --noise SIGMA")
+    cfg, model, _ = load_run(args.run)
+    mask = _condition_array(args.mask, model, "mask") if args.mask else None
+    if args.known is not None:
+        if mask is None:
+            raise ConfigError("--known needs --mask FILE (1 where the value is known)")
+        shown = _condition_array(args.known, model, "known values")
+        condition = Known(shown, mask)
+    else:
+        if args.noise is None:
+            raise ConfigError("--observe needs --noise SIGMA (the observation's noise, data units)")
+        shown = _condition_array(args.observe, model, "observation")
+        condition = GaussianObservation(shown, args.noise, mask)
+    options = {k: v for k, v in (("scale", args.scale), ("resample", args.resample), ("particles", args.particles))
+               if v is not None}
+    gen = torch.Generator().manual_seed(args.seed)
+    y = sample_conditioned(model, condition, args.n, gen, method=args.method, steps=args.steps,
+                           progress=not args.quiet, **options)
+    out = Path(args.out)
+    figure = Path(args.figure) if args.figure else out.with_suffix(".png")
+    original = None
+    if args.original:
+        original = _condition_array(args.original, model, "original").reshape((-1,) + model.data_shape)
+    save_array(out, np.asarray(y.cpu().numpy()))
+    print(f"wrote {args.n} samples to {out}")
+    from . import data as data_mod
+    from .report import condition_figure
+
+    try:
+        dataset = data_mod.load(cfg.data)  # the figure's background, value range and exact density
+        train = dataset.train
+    except ThermodiffError as exc:
+        train = dataset = None
+        print(f"thermodiff: no figure: the run's training data cannot be read ({exc})", file=sys.stderr)
+    if train is not None:
+        what = "inpainting" if args.known is not None else f"observation, noise {args.noise:g}"
+        drawn = condition_figure(model, figure, y.cpu(), shown, mask, train,
+                                 f"Conditioned samples ({what}, method {args.method or default_method(condition)})", original,
+                                 dataset.log_density)
+        if drawn:
+            print(f"figure: {drawn}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from . import config
     from .bench import run_benchmark
@@ -227,6 +299,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--steps", type=int, help="sampling steps (default: all)")
     s.set_defaults(func=cmd_sample)
+
+    c = sub.add_parser("condition", help="samples of the model times r(x): inpainting, denoising (paper 2.5)")
+    c.add_argument("run")
+    c.add_argument("--known", help="known values (.npy), the data's shape (one example, or one per sample)")
+    c.add_argument("--mask", help="0/1 mask of the data's shape, 1 = known (with --observe: 1 = observed)")
+    c.add_argument("--observe", help="a noisy observation y = x + noise (.npy), the data's shape")
+    c.add_argument("--noise", type=float, help="the observation's noise standard deviation, data units")
+    c.add_argument("-n", type=int, required=True, help="samples to draw")
+    c.add_argument("--out", required=True, help="output .npy, data units")
+    c.add_argument("--method", help="clamp, replace, product, start, guidance or smc (default: per condition)")
+    c.add_argument("--particles", type=int, help="smc: particles per sample (default 16)")
+    c.add_argument("--resample", type=int, help="replace: round trips per step (RePaint; default 1)")
+    c.add_argument("--scale", type=float, help="guidance: multiplier of grad log r (default 1)")
+    c.add_argument("--steps", type=int, help="sampling steps (default: all)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--figure", help="figure path (default: --out with .png)")
+    c.add_argument("--original", help="the clean examples (.npy), shown in the figure")
+    c.set_defaults(func=cmd_condition)
 
     b = sub.add_parser("bench", help="train and evaluate a benchmark with a fixed budget")
     b.add_argument("name")

@@ -42,6 +42,7 @@ __all__ = [
     "image_grid",
     "iw_curve",
     "entropy_bounds",
+    "conditioned_points",
 ]
 
 DPI = 120
@@ -496,8 +497,10 @@ def binary_rows(
     samples: np.ndarray,
     data: np.ndarray,
     title: str,
+    labels: tuple[str, str] = ("model samples", "training data"),
 ) -> Path:
-    """Binary vectors as rows of black (1) and white (0) cells: samples beside data.
+    """Binary vectors as rows of black (1) and white (0) cells: samples beside data
+    (values in between are gray, e.g. 0.5 for an unknown bit).
 
     Shapes: samples: (N, D); data: (M, D), values in [0, 1].
     """
@@ -506,7 +509,7 @@ def binary_rows(
     width = max(4.0, 2 * (0.18 * s.shape[1] + 0.6))
     fig = _new_figure(width, height)
     axes = fig.subplots(1, 2)
-    for ax, m, label in ((axes[0], s, f"model samples ({len(s)})"), (axes[1], d, f"training data ({len(d)})")):
+    for ax, m, label in ((axes[0], s, f"{labels[0]} ({len(s)})"), (axes[1], d, f"{labels[1]} ({len(d)})")):
         ax.imshow(m, cmap="Greys", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
         ax.set_title(label, fontsize="medium")
         ax.set_xlabel("bin")
@@ -650,4 +653,54 @@ def entropy_bounds(
     ax.legend(loc="lower right", fontsize=8)
     rel.set_title("position within the bounds")
     fig.suptitle(title)
+    return _save(fig, path)
+
+
+def conditioned_points(
+    path: str | os.PathLike[str],
+    samples: np.ndarray,
+    data: np.ndarray,
+    title: str,
+    known: np.ndarray | None = None,
+    observed: np.ndarray | None = None,
+    exact: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Path:
+    """Conditioned samples over the training data (faint), with the known coordinates
+    as lines (x1 = value: vertical, x2 = value: horizontal) or the observation as a star.
+    With one coordinate known, a second panel shows the samples' histogram of the other,
+    and ``exact`` (grid, density) the exact conditional density over it.
+
+    Shapes: samples: (N, 2); data: (M, 2); known, observed: (2,), NaN where unknown;
+    exact: (G,), (G,).
+    """
+    s, d = _points("samples", samples), _points("data", data)
+    lim = _auto_lim([s, d])
+    k = None if known is None else np.asarray(known, dtype=np.float64)
+    free = None if k is None or np.isfinite(k).all() else int(np.flatnonzero(~np.isfinite(k))[0])
+    fig = _new_figure(PANEL_SIZE * (2 if free is not None else 1) + 0.9, PANEL_SIZE + 0.55)
+    ax = fig.add_subplot(1, 2 if free is not None else 1, 1)
+    _scatter(ax, d, FAINT_DATA_COLOR, faint=True)
+    if k is not None:
+        # The known coordinate's line under the samples (which all lie on it).
+        if np.isfinite(k[0]):
+            ax.axvline(k[0], color=DATA_COLOR, lw=0.8, zorder=1)
+        if np.isfinite(k[1]):
+            ax.axhline(k[1], color=DATA_COLOR, lw=0.8, zorder=1)
+    _scatter(ax, s, MODEL_COLOR, zorder=3)
+    if free is not None:
+        # The samples' distribution along the unknown coordinate.
+        hist = fig.add_subplot(1, 2, 2)
+        hist.hist(s[:, free], bins=80, range=(-lim, lim), density=True, color=MODEL_COLOR, alpha=0.8,
+                  label="samples")
+        if exact is not None:
+            hist.plot(exact[0], exact[1], color=DATA_COLOR, lw=1.2, label="exact conditional")
+            hist.legend(fontsize=8)
+        hist.set_xlabel(f"$x_{free + 1}$")
+        hist.set_ylabel("density")
+        hist.set_title(f"$x_{free + 1}$ given $x_{2 - free}$ = {k[1 - free]:.3g}", fontsize="medium")
+    if observed is not None:
+        o = np.asarray(observed, dtype=np.float64)
+        ax.plot([o[0]], [o[1]], marker="*", ms=14, color=DATA_COLOR, mec="black", mew=0.6, ls="none")
+    _style_cloud_axes(ax, lim)
+    ax.set_title(title, fontsize="medium")
     return _save(fig, path)

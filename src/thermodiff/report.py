@@ -166,6 +166,59 @@ def _sample_figures(model: DiffusionModel, data_train: torch.Tensor, out: Path, 
     return paths
 
 
+def condition_figure(model: DiffusionModel, path: str | Path, samples: torch.Tensor, shown: torch.Tensor,
+                     mask: torch.Tensor | None, data_train: torch.Tensor, title: str,
+                     original: torch.Tensor | None = None, log_density=None) -> Path | None:
+    """The figure of a conditioning run (the paper's Figures 3 and 5): for images, rows
+    of the originals (if given), the corrupted inputs (unknown pixels mid-gray) and the
+    samples; for binary vectors, samples beside the known bits (unknown gray); for 2-D
+    points, the samples over the training data with the known coordinate or the
+    observation marked. None for other data.
+
+    shown: the known values or the observation, one example or one per sample, data
+    units; mask: 1 where known or observed (None: everything observed); log_density:
+    the data set's exact log-density, for the exact conditional of 2-D points given
+    one coordinate (normalised on a grid).
+
+    Shapes: samples (n, *D); shown, mask (1 or n, *D); data_train (N, *D).
+    """
+    from . import plots
+
+    shape = model.data_shape
+    shown = shown.reshape((-1,) + shape).to(torch.float64)
+    mask = torch.ones_like(shown) if mask is None else mask.reshape((-1,) + shape).to(torch.float64)
+    lo, hi = float(data_train.min()), float(data_train.max())
+    mid = torch.full_like(shown, (lo + hi) / 2)
+    corrupted = torch.where(mask.bool(), shown, mid)
+    if len(shape) == 3:
+        unit = lambda a: ((a.to(torch.float64) - lo) / max(hi - lo, 1e-12)).clamp(0, 1).numpy()  # noqa: E731
+        m = min(len(samples), 8)
+        rows = ([original[:m]] if original is not None else []) + [corrupted.expand((len(samples),) + shape)[:m], samples[:m]]
+        return plots.image_grid(path, np.concatenate([unit(r) for r in rows]), title, ncol=m)
+    if model.binomial:
+        flat = lambda a: a.reshape(len(a), -1).numpy()  # noqa: E731
+        return plots.binary_rows(path, flat(samples[:24]), flat(corrupted[:24]), title,
+                                 labels=("conditioned samples", "known bits (gray: unknown)"))
+    if shape == (2,):
+        row = corrupted[0]
+        if mask.all():
+            return plots.conditioned_points(path, samples.numpy(), data_train[:5000].numpy(), title,
+                                            observed=row.numpy())
+        known = torch.where(mask[0].bool(), row, torch.full_like(row, float("nan")))
+        exact = None
+        if log_density is not None and int(mask[0].sum()) == 1:
+            free = int((~mask[0].bool()).nonzero()[0])
+            lim = float(data_train.abs().max()) * 1.2
+            grid = torch.linspace(-lim, lim, 2001, dtype=torch.float64)
+            pts = row.expand(len(grid), 2).clone()
+            pts[:, free] = grid
+            dens = torch.exp(log_density(pts) - log_density(pts).max())
+            exact = (grid.numpy(), (dens / (dens.sum() * (grid[1] - grid[0]))).numpy())
+        return plots.conditioned_points(path, samples.numpy(), data_train[:5000].numpy(), title,
+                                        known=known.numpy(), exact=exact)
+    return None
+
+
 def iw_record(model: DiffusionModel, y: torch.Tensor, eval_cfg, m: int, log_density=None,
               progress: bool = False) -> dict:
     """The importance-weighted fields of an evaluation record (``jarzynski.summarize_iw``)

@@ -462,6 +462,27 @@ def _gaussian_product(kernel: Kernel, y, noise_var, gain) -> Kernel:
     return Kernel(mean=new_mean.to(kernel.mean.dtype), var=new_var, x0=kernel.x0)
 
 
+def sample_conditioned(model: DiffusionModel, condition, n: int, generator: torch.Generator,
+                       method: str | None = None, steps: int | None = None, progress: bool = False,
+                       **options) -> torch.Tensor:
+    """n samples of p(x_0) r(x_0) in the data's own units; known coordinates equal the
+    given values exactly (not through the scaling's rounding). options: scale, resample,
+    particles, steer (see ``Conditioning``).
+
+    Shapes: returns (n, *D) float64.
+    """
+    from .ancestral import sample
+
+    x = sample(model, n, generator, steps=steps, progress=progress,
+               condition=Conditioning(condition, method, **options))
+    y = model.scaler.inverse(x)
+    if isinstance(condition, Known):
+        values = _rows(_broadcast(condition.values, model, "the known values"), n).to(y.device)
+        mask = _rows(_broadcast(condition.mask, model, "the mask"), n).to(y.device).bool()
+        y = torch.where(mask, values, y)
+    return y
+
+
 def default_method(condition) -> str:
     """clamp for known coordinates (the paper's choice), start for a plain Gaussian
     observation (A = I), product for other Gaussian observations and for bit

@@ -11,10 +11,9 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from thermodiff.likelihood import bound_terms
-from thermodiff.model import DiffusionModel, ModelSpec
+from thermodiff.oracle import table_model
 from thermodiff.parametrization import binomial_reverse_logits
 from thermodiff.processes import binomial
 from thermodiff.schedules import DiscreteSchedule
@@ -100,35 +99,8 @@ def test_edge_terms_and_null():
     assert torch.allclose(binomial.log_prior(x0), torch.tensor([-D * math.log(2)], dtype=torch.float64))
 
 
-class ExactX0(nn.Module):
-    """logit P(x0_i = 1 | x_t) for data with a known table of probabilities over support
-    points (not a network: reads the schedule). With it, the x0-parametrised kernel is the
-    exact per-bit marginal q(x_{t-1, i} | x_t), the best factorised kernel."""
-
-    def __init__(self, support, probs, schedule):
-        super().__init__()
-        self.support, self.log_probs, self.schedule = support, probs.log(), schedule
-        self.dummy = nn.Parameter(torch.zeros(1, dtype=torch.float64))
-
-    def forward(self, x, t):
-        T = self.schedule.T
-        abar_t = self.schedule.abar()[torch.round(t.to(torch.float64) * T).long()]
-        # log q(x_t | x0 = support k) for each example and k.
-        b, k = x.shape[0], len(self.support)
-        lg = binomial.q_logits(self.support.repeat(b, 1), abar_t.repeat_interleave(k)).reshape(b, k, -1)
-        x = x.to(torch.float64)[:, None, :]
-        log_lik = (x * torch.nn.functional.logsigmoid(lg) + (1 - x) * torch.nn.functional.logsigmoid(-lg)).sum(-1)
-        log_w = log_lik + self.log_probs  # (B, K) unnormalised log posterior of x0
-        ones = torch.where(self.support[None] == 1, log_w[..., None], -math.inf).logsumexp(1)
-        zeros = torch.where(self.support[None] == 0, log_w[..., None], -math.inf).logsumexp(1)
-        return ones - zeros
-
-
 def exact_model(support, probs, T, decoder="learned"):
-    sched = DiscreteSchedule("binomial", T, beta_1=0.0)
-    model = DiffusionModel(nn.Identity(), sched, ModelSpec("x0", "fixed-small", decoder), (support.shape[1],), 1, "binomial")
-    model.net = ExactX0(support, probs, sched)
-    return model.double()
+    return table_model(support, probs, T, decoder)
 
 
 def enumerated_bound(model, probs):

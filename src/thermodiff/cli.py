@@ -239,8 +239,12 @@ def cmd_demo(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import BENCHMARKS, bench_config, run_benchmark
 
+    if args.name == "condition":
+        return _bench_condition(args)
+    if args.name == "inpaint-mnist":
+        return _bench_inpaint(args)
     if args.name not in BENCHMARKS:
-        raise DataError(f"unknown benchmark {args.name!r}; choose one of {', '.join(BENCHMARKS)}")
+        raise DataError(f"unknown benchmark {args.name!r}; choose one of {', '.join(BENCHMARKS)}, condition")
     cfg = bench_config(args.name, smoke=args.smoke)
     out = Path(args.out) if args.out else Path("runs") / f"bench-{args.name}{'-smoke' if args.smoke else ''}"
     record = run_benchmark(args.name, cfg, out, progress=not args.quiet, figures=not args.smoke, fresh=True)
@@ -250,6 +254,43 @@ def cmd_bench(args) -> int:
     if args.json:
         from .report import write_json
 
+        write_json(args.json, record)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _bench_condition(args) -> int:
+    """`bench condition`: the conditioning methods against exact conditionals (no training)."""
+    from .bench import device_name, git_commit
+    from .bench_conditioning import markdown_table, run
+
+    record = run(smoke=args.smoke, progress=not args.quiet)
+    record.update(device=device_name(), commit=git_commit())
+    print(markdown_table(record), end="")
+    if args.json:
+        from .report import write_json
+
+        write_json(args.json, record)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _bench_inpaint(args) -> int:
+    """`bench inpaint-mnist --run RUN`: inpainting half images with a trained binary-image run."""
+    from .bench import device_name, git_commit
+    from .bench_conditioning import inpaint_images
+    from .errors import ConfigError
+    from .report import write_json
+
+    if not args.run:
+        raise ConfigError("bench inpaint-mnist needs --run RUN, a binary image run (thermodiff bench binary-mnist)")
+    n, steps, votes = (4, 5, 2) if args.smoke else (100, 100, 5)
+    out = Path(args.out) if args.out else Path(args.run)
+    record = inpaint_images(args.run, out, n_images=n, steps=steps, votes=votes, progress=not args.quiet)
+    record.update(device=device_name(), commit=git_commit())
+    _print_record(record, ("error_model_sample", "error_model_majority", "error_mean_fill", "error_nearest_neighbour",
+                           "n_images", "sampling_steps", "sampling_seconds", "figure"))
+    if args.json:
         write_json(args.json, record)
         print(f"wrote {args.json}")
     return 0
@@ -323,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", help="write the record here")
     b.add_argument("--out", help="run folder (default runs/bench-NAME)")
     b.add_argument("--smoke", action="store_true", help="a tiny version, for CI")
+    b.add_argument("--run", help="inpaint-mnist: the trained binary-image run to use")
     b.set_defaults(func=cmd_bench)
     return p
 

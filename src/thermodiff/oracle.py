@@ -1,4 +1,6 @@
-"""Diffusion models with the exact score of Gaussian-mixture data: no network, no training.
+"""Diffusion models with exact predictions for data of known distribution: no network,
+no training. Gaussian mixtures (continuous; the exact score) and tables over a
+finite set of binary vectors (binomial process; the exact P(x_0 = 1 | x_t) per bit).
 
 For data x_0 ~ sum_k w_k N(mu_k, Sigma_k), the forward marginal at any time is the
 mixture with means sqrt(abar) mu_k and covariances abar Sigma_k + (1 - abar) I, whose
@@ -13,8 +15,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+import math
+
 from .data.toy import GaussianMixture
 from .model import DiffusionModel, ModelSpec
+from .processes import binomial
+from .schedules import DiscreteSchedule
 
 
 class MixtureScore(nn.Module):
@@ -48,4 +54,43 @@ def mixture_model(mix: GaussianMixture, schedule, variance: str = "fixed-small",
     """
     model = DiffusionModel(nn.Identity(), schedule, ModelSpec("eps", variance, decoder), (mix.dim,), 1)
     model.net = MixtureScore(model, mix)
+    return model.double()
+
+
+class TableX0(nn.Module):
+    """logit P(x0_i = 1 | x_t) for binary data with a known table of probabilities over
+    support points (reads the model's schedule). With it, the x0-parametrised kernel is
+    the exact per-bit marginal q(x_{t-1, i} | x_t): the best factorised kernel.
+
+    Shapes: x (B, D), t (B,) -> (B, D) float64.
+    """
+
+    def __init__(self, model: DiffusionModel, support: torch.Tensor, probs: torch.Tensor):
+        super().__init__()
+        self.model = [model]
+        self.support, self.log_probs = support.to(torch.float64), probs.to(torch.float64).log()
+        self.unused = nn.Parameter(torch.zeros(1, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        abar_t = self.model[0].abar_at(t.to(torch.float64))
+        b, k = x.shape[0], len(self.support)
+        # log q(x_t | x0 = support point k) for each example and k.
+        lg = binomial.q_logits(self.support.repeat(b, 1), abar_t.repeat_interleave(k)).reshape(b, k, -1)
+        x = x.to(torch.float64)[:, None, :]
+        log_lik = (x * torch.nn.functional.logsigmoid(lg) + (1 - x) * torch.nn.functional.logsigmoid(-lg)).sum(-1)
+        log_w = log_lik + self.log_probs  # (B, K) unnormalised log posterior of x0
+        ones = torch.where(self.support[None] == 1, log_w[..., None], -math.inf).logsumexp(1)
+        zeros = torch.where(self.support[None] == 0, log_w[..., None], -math.inf).logsumexp(1)
+        return ones - zeros
+
+
+def table_model(support: torch.Tensor, probs: torch.Tensor, T: int, decoder: str = "learned") -> DiffusionModel:
+    """A float64 binomial DiffusionModel (the paper's schedule, T steps) with the exact
+    x0 prediction for the distribution probs over the rows of support.
+
+    Shapes: support (K, D) binary, probs (K,) -> model over (D,).
+    """
+    sched = DiscreteSchedule("binomial", T, beta_1=0.0)
+    model = DiffusionModel(nn.Identity(), sched, ModelSpec("x0", "fixed-small", decoder), (support.shape[1],), 1, "binomial")
+    model.net = TableX0(model, support, probs)
     return model.double()

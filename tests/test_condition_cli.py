@@ -68,6 +68,10 @@ def test_binary_known_bit(heartbeat_run, tmp_path):
     x = np.load(tmp_path / "s.npy")
     assert set(np.unique(x)) <= {0.0, 1.0} and np.all(x[:, 3] == 1)
     assert (tmp_path / "s.png").exists()
+    r = run("condition", heartbeat_run, "--known", tmp_path / "k.npy", "--mask", tmp_path / "m.npy", "-n", 10,
+            "--out", tmp_path / "smc.npy", "--method", "smc", "--particles", 4)
+    assert r.returncode == 0, r.stderr
+    assert np.all(np.load(tmp_path / "smc.npy")[:, 3] == 1)
 
 
 def test_bad_conditioning_input_is_one_line_and_writes_nothing(mixture_run, heartbeat_run, tmp_path):
@@ -82,7 +86,7 @@ def test_bad_conditioning_input_is_one_line_and_writes_nothing(mixture_run, hear
     _one_line_error(run(*base, "--known", tmp_path / "k.npy", "--mask", tmp_path / "m3.npy"), "shape")
     _one_line_error(run(*base, "--known", tmp_path / "k.npy", "--mask", tmp_path / "m2.npy"), "only 0")
     _one_line_error(run(*base, "--known", tmp_path / "k.npy", "--mask", tmp_path / "m.npy", "--method", "smc"),
-                    "clamp or replace")
+                    "SMC cannot weight")
     _one_line_error(run(*base, "--known", tmp_path / "k.npy", "--mask", tmp_path / "m.npy", "--method", "magic"),
                     "unknown conditioning method")
     _one_line_error(run(*base, "--observe", tmp_path / "k.npy"), "--noise")

@@ -121,7 +121,9 @@ def test_smooth_callable_and_errors(model):
     x = _draw(model, r, "guidance")
     assert float(x[:, 0].mean()) > 0.5
     with pytest.raises(ConfigError, match="clamp or replace"):
-        Conditioning(Known(torch.zeros(2), torch.ones(2)), "smc")
+        Conditioning(Known(torch.zeros(2), torch.ones(2)), "guidance")
+    with pytest.raises(ConfigError, match="SMC cannot weight"):
+        sample(model, 4, torch.Generator(), condition=Conditioning(Known(torch.zeros(2), torch.ones(2)), "smc"))
     with pytest.raises(ConfigError, match="needs known coordinates"):
         Conditioning(r, "clamp")
     with pytest.raises(ConfigError, match="unknown conditioning method"):
@@ -151,11 +153,11 @@ def test_binary_known_bit_and_bit_probabilities_by_enumeration():
     target = target / target.sum()
     known = Known(torch.tensor([1.0, 0, 0]), torch.tensor([1.0, 0, 0]))
     errors = {}
-    for method, kw in (("clamp", {}), ("replace", {"resample": 5})):
+    for method, kw in (("clamp", {}), ("replace", {"resample": 5}), ("smc", {"particles": 16})):
         x = sample(model, n, gen(1), condition=Conditioning(known, method, **kw))
         assert torch.all(x[:, 0] == 1)
         errors[method] = tv(x, target)
-    assert errors["replace"] < 0.06 and errors["clamp"] < 0.1, errors
+    assert errors["replace"] < 0.06 and errors["clamp"] < 0.1 and errors["smc"] < 0.05, errors
     d = torch.tensor([0.9, 0.2, 0.5], dtype=torch.float64)
     r = (STATES * d + (1 - STATES) * (1 - d)).prod(1)
     target = PROBS * r / (PROBS * r).sum()

@@ -88,7 +88,7 @@ def run(smoke: bool = False, progress: bool = False) -> dict:
         ("bits, known x1 = 1", Known(torch.tensor([1.0, 0, 0]), torch.tensor([1.0, 0, 0])), first / first.sum(),
          [("clamp", {}), ("replace", {}), ("replace", {"resample": 5})]),
         ("bits, r = prod d^x (1-d)^(1-x), d = (0.9, 0.2, 0.5)", BitProbabilities(d), TABLE * r / (TABLE * r).sum(),
-         [("product", {})] + [("smc", {"particles": p}) for p in particles if p > 1] + ([] if smoke else [("smc", {"particles": 64})])),
+         [("product", {})] + [("smc", {"particles": p}) for p in particles if p > 1]),
     ]
     for name, condition, target, methods in binary:
         for method, options in methods:

@@ -193,8 +193,14 @@ def cmd_condition(args) -> int:
     options = {k: v for k, v in (("scale", args.scale), ("resample", args.resample), ("particles", args.particles))
                if v is not None}
     gen = torch.Generator().manual_seed(args.seed)
-    y = sample_conditioned(model, condition, args.n, gen, method=args.method, steps=args.steps,
-                           progress=not args.quiet, **options)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        y = sample_conditioned(model, condition, args.n, gen, method=args.method, steps=args.steps,
+                               progress=not args.quiet, **options)
+    for w in caught:
+        print(f"thermodiff: warning: {w.message}", file=sys.stderr)
     out = Path(args.out)
     figure = Path(args.figure) if args.figure else out.with_suffix(".png")
     original = None
@@ -286,7 +292,8 @@ def _bench_inpaint(args) -> int:
         raise ConfigError("bench inpaint-mnist needs --run RUN, a binary image run (thermodiff bench binary-mnist)")
     n, steps, votes = (4, 5, 2) if args.smoke else (100, 100, 5)
     out = Path(args.out) if args.out else Path(args.run)
-    record = inpaint_images(args.run, out, n_images=n, steps=steps, votes=votes, progress=not args.quiet)
+    record = inpaint_images(args.run, out, n_images=n, steps=steps, votes=votes, progress=not args.quiet,
+                            method=args.method or "clamp", resample=args.resample or 1)
     record.update(device=device_name(), commit=git_commit())
     _print_record(record, ("error_model_sample", "error_model_majority", "error_mean_fill", "error_nearest_neighbour",
                            "n_images", "sampling_steps", "sampling_seconds", "figure"))
@@ -365,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", help="run folder (default runs/bench-NAME)")
     b.add_argument("--smoke", action="store_true", help="a tiny version, for CI")
     b.add_argument("--run", help="inpaint-mnist: the trained binary-image run to use")
+    b.add_argument("--method", help="inpaint-mnist: clamp (default) or replace")
+    b.add_argument("--resample", type=int, help="inpaint-mnist with replace: round trips per step")
     b.set_defaults(func=cmd_bench)
     return p
 

@@ -7,19 +7,9 @@ import numpy as np
 import pytest
 
 from test_cli import _one_line_error, run
-from test_report_cli import _tiny_run
+from test_report_cli import heartbeat_run, mixture_run  # noqa: F401 (fixtures: tiny trained runs)
 
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
-
-
-@pytest.fixture(scope="module")
-def mixture_run(tmp_path_factory):
-    return _tiny_run("iw-mixture", tmp_path_factory.mktemp("runs") / "mix")
-
-
-@pytest.fixture(scope="module")
-def heartbeat_run(tmp_path_factory):
-    return _tiny_run("heartbeat", tmp_path_factory.mktemp("runs") / "hb")
 
 
 def test_inpainting_keeps_known_values_and_draws_a_figure(mixture_run, tmp_path):

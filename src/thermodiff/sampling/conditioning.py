@@ -318,7 +318,8 @@ class Conditioning(Plain):
         y = _rows(y, n).to(grid.device)
         # The first time whose noise is at least the observation's: (1 - abar) >= abar sigma^2.
         abar = model.abar_at(grid)
-        k = int(torch.nonzero((1 - abar) >= abar * sigma**2)[0]) if ((1 - abar) >= abar * sigma**2).any() else len(grid) - 1
+        noisy_enough = (1 - abar) >= abar * sigma**2
+        k = int(noisy_enough.nonzero()[0]) if noisy_enough.any() else len(grid) - 1  # else: start at x_T
         a = abar[k]
         extra = (1 - a - a * sigma**2).clamp_min(0)  # top up the noise to exactly 1 - abar
         z = torch.randn(y.shape, generator=generator, dtype=torch.float64).to(y.device)

@@ -165,3 +165,39 @@ def test_binary_known_bit_and_bit_probabilities_by_enumeration():
         x = sample(model, n, gen(2), condition=Conditioning(BitProbabilities(d), method, **kw))
         errors[method] = tv(x, target)
     assert errors["smc"] < 0.06 and errors["smc"] < errors["product"] / 2, errors
+
+
+def test_classifier_guidance_recovers_a_component(model):
+    """A classifier that returns the mixture's exact responsibilities log p(k | x): then
+    p(x) p(k | x) = w_k N_k(x), so conditioning on class k must give component k alone."""
+    from thermodiff.sampling.conditioning import ClassifierGuidance
+
+    mix = _mixture()
+
+    def classifier(y):
+        comps = [GaussianMixture(torch.ones(1), mix.means[k][None], mix.covariances[k][None]) for k in range(2)]
+        log_joint = torch.stack([c.log_prob(y) for c in comps], 1) + mix.weights.log()
+        return log_joint - log_joint.logsumexp(1, keepdim=True)
+
+    second = GaussianMixture(torch.ones(1), mix.means[1][None], mix.covariances[1][None])
+    x = _draw(model, ClassifierGuidance(classifier, 1), "smc", particles=16)
+    assert _ks(x, second, [0, 1]) < CRITICAL
+    guided = _draw(model, ClassifierGuidance(classifier, 1), "guidance")
+    assert float((guided[:, 0] > 0).double().mean()) > 0.9  # most mass moved to component 1
+
+
+def test_matrix_observation_by_smc(model):
+    """y = x_1 + x_2 + noise (A = [[1, 1]]) on one Gaussian component: the posterior is
+    Gaussian, N(S (Sigma^-1 mu + A^T y / s^2), S) with S = (Sigma^-1 + A^T A / s^2)^-1."""
+    mix = _mixture()
+    one = GaussianMixture(torch.ones(1), mix.means[1][None], mix.covariances[1][None])
+    single = mixture_model(one, ContinuousSchedule("linear-logsnr"))
+    a, y, s = torch.tensor([[1.0, 1.0]], dtype=torch.float64), torch.tensor([2.5]), 0.3
+    prec = torch.linalg.inv(one.covariances[0]) + a.T @ a / s**2
+    cov = torch.linalg.inv(prec)
+    mean = cov @ (torch.linalg.solve(one.covariances[0], one.means[0]) + a[0] * y / s**2)
+    exact = GaussianMixture(torch.ones(1), mean[None], (0.5 * (cov + cov.T))[None])
+    x = _draw(single, GaussianObservation(y, s, a), "smc", particles=16)
+    assert _ks(x, exact, [0, 1]) < 1.5 * CRITICAL
+    with pytest.raises(ConfigError, match="matrix"):
+        _draw(single, GaussianObservation(y, s, a), "product")

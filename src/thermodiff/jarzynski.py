@@ -109,7 +109,7 @@ def evaluate_iw(model: DiffusionModel, y: torch.Tensor, m: int, steps: int | Non
 
 def m_ladder(m_max: int) -> list[int]:
     """The M at which to report the estimate: 1, 2, 5, 10, 20, 50, ... up to M_max,
-    those that divide M_max, and M_max itself."""
+    those that divide M_max, and M_max itself. Shapes: int -> list of ints."""
     ladder, base = [], 1
     while base <= m_max:
         ladder += [v for v in (base, 2 * base, 5 * base) if v <= m_max and m_max % v == 0]

@@ -254,6 +254,8 @@ def run_report(run: str | Path, out: str | Path | None = None, m: int = 100, htm
     figures. Writes report.md (or report.html), report.json and PNGs to out
     (default RUN/report) and returns the report's path. eval_overrides: eval config
     keys to change for this report (e.g. iw_examples).
+
+    Shapes: none (a run folder -> files).
     """
     from . import config as config_mod
     from . import data as data_mod
@@ -347,7 +349,7 @@ def _entropy_line(record: dict) -> str | None:
 
 
 def markdown(record: dict, title: str, figure_names: list[str]) -> str:
-    """A Markdown report of an evaluation record, with its figures."""
+    """A Markdown report of an evaluation record, with its figures. Shapes: dict -> str."""
     lines = [f"# {title}", ""]
     for caption, header, rows in _tables(record):
         if caption:
@@ -362,7 +364,7 @@ def markdown(record: dict, title: str, figure_names: list[str]) -> str:
 
 
 def to_html(record: dict, title: str, figure_names: list[str]) -> str:
-    """The same report as a self-contained HTML page (figures linked beside it)."""
+    """The same report as an HTML page (figures linked beside it). Shapes: dict -> str."""
     from html import escape
 
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>",

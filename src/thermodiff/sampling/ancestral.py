@@ -14,8 +14,10 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
+from ..kernels import reverse_step
 from ..model import DiffusionModel
 from ..parametrization import reverse_kernel
+from ..processes import binomial
 
 
 def time_grid(model: DiffusionModel, steps: int | None = None) -> torch.Tensor:
@@ -38,6 +40,26 @@ def time_grid(model: DiffusionModel, steps: int | None = None) -> torch.Tensor:
     return idx / T
 
 
+class Plain:
+    """The unconditioned chain: draw x_T from the prior, step with p(x_s | x_t). The
+    sampler's stepper; ``conditioning.Conditioning`` replaces it for p(x_0) r(x_0).
+
+    Shapes: start -> x (n, *D) and the grid; step (B, *D) -> (B, *D); finish -> (n, *D).
+    """
+
+    def start(self, model, n, grid, generator):
+        dev = grid.device
+        if model.binomial:
+            return binomial.sample_bernoulli(torch.zeros((n,) + model.data_shape, dtype=torch.float64), generator).to(dev), grid
+        return torch.randn((n,) + model.data_shape, generator=generator).to(dev), grid
+
+    def step(self, model, x, t, abar_s, abar_t, generator):
+        return reverse_step(model, x, t, abar_s, abar_t).sample(generator)
+
+    def finish(self, x, generator):
+        return x
+
+
 @torch.no_grad()
 def sample(
     model: DiffusionModel,
@@ -57,8 +79,6 @@ def sample(
 
     Shapes: returns x0 (n, *D), and with keep a list of (time, (n, *D)) pairs.
     """
-    from .conditioning import Plain
-
     dev = next(model.parameters()).device
     stepper = condition or Plain()
     x, grid = stepper.start(model, n, time_grid(model, steps).to(dev), generator)

@@ -46,6 +46,7 @@ from ..errors import ConfigError, DataError
 from ..kernels import Kernel, forward_kernel, reverse_step
 from ..model import DiffusionModel
 from ..processes.gaussian import expand_as, sum_dims
+from .ancestral import Plain, sample
 
 METHODS = ("guidance", "product", "clamp", "replace", "start", "smc")
 
@@ -168,8 +169,10 @@ class Box:
 
 @dataclass
 class ClassifierGuidance:
-    """log r(x) = scale_class * log p(class | x) from a classifier of data-unit batches
-    returning log-probabilities (B, K) (classifier guidance)."""
+    """log r(x) = log p(label | x) from a classifier of data-unit batches returning
+    log-probabilities (classifier guidance).
+
+    Shapes: classifier (B, *D) -> (B, K); label an int in [0, K)."""
 
     classifier: Callable[[torch.Tensor], torch.Tensor]
     label: int
@@ -212,24 +215,6 @@ def _rows(v: torch.Tensor, n: int) -> torch.Tensor:
     return v.repeat_interleave(n // v.shape[0], 0)
 
 
-class Plain:
-    """The unconditioned chain: draw x_T from the prior, step with p(x_s | x_t)."""
-
-    def start(self, model, n, grid, generator):
-        from ..processes import binomial
-
-        dev = grid.device
-        if model.binomial:
-            return binomial.sample_bernoulli(torch.zeros((n,) + model.data_shape, dtype=torch.float64), generator).to(dev), grid
-        return torch.randn((n,) + model.data_shape, generator=generator).to(dev), grid
-
-    def step(self, model, x, t, abar_s, abar_t, generator):
-        return reverse_step(model, x, t, abar_s, abar_t).sample(generator)
-
-    def finish(self, x, generator):
-        return x
-
-
 class Conditioning(Plain):
     """The sampler's step for p(x_0) r(x_0); see the module docstring for the methods.
 
@@ -238,6 +223,9 @@ class Conditioning(Plain):
     weight particles during the chain by r at the model's x_0 prediction (for an r
     that is rare under the model: fewer particles wasted, but a bias at few particles;
     Gaussian observations and bit probabilities always use their closed-form twist).
+
+    Shapes: as ``ancestral.Plain``; with smc the chain carries n x particles rows and
+    finish returns n.
     """
 
     def __init__(self, condition, method: str | None = None, scale: float = 1.0, resample: int = 1,
@@ -485,8 +473,6 @@ def sample_conditioned(model: DiffusionModel, condition, n: int, generator: torc
 
     Shapes: returns (n, *D) float64.
     """
-    from .ancestral import sample
-
     stepper = Conditioning(condition, method, **options)
     x = sample(model, n, generator, steps=steps, progress=progress, condition=stepper)
     if stepper.dead_samples:
@@ -505,7 +491,7 @@ def sample_conditioned(model: DiffusionModel, condition, n: int, generator: torc
 def default_method(condition) -> str:
     """clamp for known coordinates (the paper's choice), start for a plain Gaussian
     observation (A = I), product for other Gaussian observations and for bit
-    probabilities, guidance otherwise."""
+    probabilities, guidance otherwise. Shapes: none (a condition -> a method name)."""
     if isinstance(condition, Known):
         return "clamp"
     if isinstance(condition, GaussianObservation):

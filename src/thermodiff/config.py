@@ -28,7 +28,7 @@ class DataConfig:
     name: str = "swissroll"  # swissroll | mixture | heartbeat | array | mnist
     path: str = ""  # array: the training file (.npy, .npz, .csv)
     root: str = ""  # mnist: the folder holding the IDX files
-    binarize: str = ""  # mnist: threshold | stochastic (binary data for the binomial process)
+    binarize: str = ""  # mnist: threshold | stochastic (binary, binomial process); empty: 8-bit levels, dequantised
     test_path: str = ""  # array: held-out file; empty: hold out test_fraction of path
     test_fraction: float = 0.1
     n_train: int = 100_000  # generated data sets

@@ -134,7 +134,11 @@ def fit(cfg: config_mod.Config, data: Dataset, out: str | Path, progress: bool =
     torch.manual_seed(tc.seed)
     model = build_model(cfg, data.shape)
     model.check_data(data.train, "training data")
-    model.fit_data(data.train)
+    if data.dequantize:  # integer levels are fitted as the model will see them: dequantised (one draw)
+        noise = torch.rand(data.train.shape, generator=torch.Generator().manual_seed(tc.seed), dtype=torch.float64)
+        model.fit_data(data.train + noise)
+    else:
+        model.fit_data(data.train)
     model.to(device)
 
     ckpt_path = out / CHECKPOINT
@@ -209,7 +213,11 @@ def fit(cfg: config_mod.Config, data: Dataset, out: str | Path, progress: bool =
             for group in optimizer.param_groups:
                 group["lr"] = lr
             idx = torch.randint(0, n, (tc.batch_size,), generator=gen).to(device)
-            stats = train_step(model, optimizer, x_train[idx], tc, sampler, gen)
+            x = x_train[idx]
+            if data.dequantize:  # fresh uniform noise in [0, 1) level, in model units
+                u = torch.rand(x.shape, generator=gen).to(device)
+                x = x + u / model.scaler.scale.to(device=device, dtype=x.dtype)
+            stats = train_step(model, optimizer, x, tc, sampler, gen)
             if ema is not None:
                 ema.update_parameters(model)
             step += 1

@@ -21,11 +21,16 @@ class Dataset:
 
     log_density: the exact log-density in nats of points in the data's own units,
     where known (generated data sets), else None.
+    dequantize: the data are integer levels (8-bit images, in units of one level):
+    training adds fresh uniform noise in [0, 1) to every batch, and the held-out set
+    is stored with one fixed draw, so K is a bound on the discrete data's
+    log-probability (bins of width 1: no further Jacobian).
     """
 
     train: torch.Tensor  # (N, *D)
     test: torch.Tensor  # (M, *D)
     log_density: Callable[[torch.Tensor], torch.Tensor] | None = None
+    dequantize: bool = False
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -66,13 +71,17 @@ def load(cfg) -> Dataset:
         train = heartbeat_sample(cfg.n_train, torch.Generator().manual_seed(cfg.seed))
         test = heartbeat_sample(cfg.n_test, torch.Generator().manual_seed(cfg.seed + 1_000_003))
         return Dataset(train, test, heartbeat_log_density)
+    if cfg.name == "mnist" and not cfg.binarize:
+        from .images import load_mnist
+
+        root = resolve_root(cfg.root)
+        train, test = (torch.as_tensor(load_mnist(root, split)[0][:, None], dtype=torch.float64) for split in ("train", "test"))
+        return _levels(train, test, cfg)
     if cfg.name == "mnist":
         from .images import load_binary_mnist
 
         if cfg.binarize not in ("threshold", "stochastic"):
-            raise ConfigError(
-                "data.name = 'mnist' is read as binary images here: set data.binarize to threshold or stochastic"
-            )
+            raise ConfigError(f"data.binarize must be threshold, stochastic or empty (8-bit levels), got {cfg.binarize!r}")
         train, test, _, _ = load_binary_mnist(resolve_root(cfg.root), cfg.binarize, cfg.seed)
         train = torch.as_tensor(train, dtype=torch.float64)
         test = torch.as_tensor(test, dtype=torch.float64)
@@ -97,6 +106,20 @@ def load(cfg) -> Dataset:
         test = check_finite(torch.as_tensor(test, dtype=torch.float64), cfg.test_path or cfg.path)
         return Dataset(train, test, None)
     raise ConfigError(f"unknown data set {cfg.name!r}; choose one of {', '.join(DATASETS)}")
+
+
+def _levels(train: torch.Tensor, test: torch.Tensor, cfg) -> Dataset:
+    """8-bit images as integer levels: the held-out set dequantised once (seeded),
+    the training set per batch (``Dataset.dequantize``); n_train / n_test cut.
+
+    Shapes: train (N, C, H, W), test (M, C, H, W) with values 0..255.
+    """
+    if cfg.n_train and cfg.n_train < train.shape[0]:
+        train = train[: cfg.n_train]
+    if cfg.n_test and cfg.n_test < test.shape[0]:
+        test = test[: cfg.n_test]
+    u = torch.rand(test.shape, generator=torch.Generator().manual_seed(cfg.seed + 2_000_003), dtype=torch.float64)
+    return Dataset(train, test + u, None, dequantize=True)
 
 
 def resolve_root(root: str) -> Path:

@@ -1,0 +1,47 @@
+"""8-bit images as integer levels: dequantisation of held-out and training data."""
+
+import math
+
+import pytest
+import torch
+
+from test_data_images import MNIST_ROOT
+from thermodiff import config
+from thermodiff.data import Dataset, _levels, load
+from thermodiff.train import fit
+
+
+def _cfg(**data):
+    return config.replace(config.Config(), data=data)
+
+
+def test_held_out_levels_are_dequantised_once_within_their_bin():
+    levels = torch.randint(0, 256, (50, 1, 4, 4), generator=torch.Generator().manual_seed(0)).to(torch.float64)
+    ds = _levels(levels, levels[:20], _cfg(n_train=30, n_test=10).data)
+    assert ds.dequantize and ds.train.shape[0] == 30 and ds.test.shape[0] == 10
+    assert torch.equal(ds.train, levels[:30])  # training levels stay integers: noise comes per batch
+    frac = ds.test - levels[:10]
+    assert torch.all((frac >= 0) & (frac < 1)) and frac.std() > 0.2  # uniform in [0, 1)
+    again = _levels(levels, levels[:20], _cfg(n_train=30, n_test=10).data)
+    assert torch.equal(again.test, ds.test)  # a fixed draw: evaluations agree
+
+
+def test_training_sees_fresh_dequantisation_noise(tmp_path):
+    """Integer data with a single level per coordinate: without noise the scaler would see
+    zero variance; dequantised, the fitted shift is the bin's middle and the scale ~ 1/sqrt(12)."""
+    y = torch.full((200, 2), 7.0, dtype=torch.float64)
+    y[:, 1] = 3.0
+    cfg = config.apply_overrides(config.load("configs/demo.toml"), ["train.steps=5", "train.max_seconds=0",
+                                                                    "model.width=8", "model.depth=1", "process.time=discrete",
+                                                                    "process.schedule=linear", "process.T=10"])
+    model = fit(cfg, Dataset(y, y[:20] + 0.5, None, dequantize=True), tmp_path / "run", progress=False, log=lambda *a: None)
+    assert torch.allclose(model.scaler.shift, torch.tensor([7.5, 3.5], dtype=torch.float64), atol=0.05)
+    assert abs(float(model.scaler.scale) - 1 / math.sqrt(12)) < 0.03
+
+
+@pytest.mark.skipif(not MNIST_ROOT.exists(), reason=f"real MNIST not found at {MNIST_ROOT}")
+def test_real_mnist_as_levels():
+    ds = load(_cfg(name="mnist", root=str(MNIST_ROOT), n_train=0, n_test=0).data)
+    assert ds.train.shape == (60000, 1, 28, 28) and ds.test.shape == (10000, 1, 28, 28)
+    assert ds.dequantize and float(ds.train.max()) == 255 and torch.equal(ds.train, ds.train.round())
+    assert 0 <= float(ds.test.min()) and float(ds.test.max()) < 256

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from .model import DiffusionModel
-from .parametrization import binomial_reverse_logits, reverse_kernel
+from .errors import ConfigError
+from .parametrization import binomial_reverse_logits, reverse_kernel, x0_and_eps
 from .processes import binomial
 from .processes.gaussian import LOG_2PI, expand_as, log_normal, sum_dims
 
@@ -96,6 +97,28 @@ def reverse_step(model: DiffusionModel, x_t: torch.Tensor, t: torch.Tensor, abar
         logits, x0_logits = binomial_reverse_logits(model.spec.parametrization, out, x_t, abar_s, abar_t)
         return Kernel(logits=logits, x0=x0_logits)
     mean, var, x0_hat = reverse_kernel(model.spec.parametrization, model.spec.variance, out, x_t, abar_s, abar_t)
+    return Kernel(mean=mean, var=var, x0=x0_hat)
+
+
+def ddim_step(model: DiffusionModel, x_t: torch.Tensor, t: torch.Tensor, abar_s: torch.Tensor,
+              abar_t: torch.Tensor, eta: float) -> Kernel:
+    """The DDIM kernel (Song et al. 2021, eq. 12) for a hop s < t:
+    N(sqrt(abar_s) x0_hat + sqrt(1 - abar_s - sigma^2) eps_hat, sigma^2) with
+    sigma^2 = eta^2 (1 - abar_s) / (1 - abar_t) (1 - abar_t / abar_s), the posterior's
+    variance times eta^2. eta = 1 is the ancestral kernel with fixed-small variance;
+    eta = 0 is deterministic given x_T, which keeps samples sharp with few hops. At the
+    last hop (abar_s = 1) it is a delta at x0_hat; the sampler uses the model's decoder
+    there. Gaussian eps / x0 / v models only.
+
+    Shapes: x_t (B, *D), t, abar_s, abar_t (B,) -> Kernel over (B, *D).
+    """
+    if model.binomial or model.spec.parametrization == "paper":
+        raise ConfigError("DDIM (eta) needs a Gaussian model that predicts eps, x0 or v")
+    net_dtype = next(model.parameters()).dtype
+    out = model(x_t.to(net_dtype), t)
+    x0_hat, eps_hat = x0_and_eps(model.spec.parametrization, out[:, 0], x_t, abar_t)
+    var = eta**2 * (1 - abar_s) / (1 - abar_t) * (1 - abar_t / abar_s)
+    mean = expand_as(abar_s.sqrt(), x0_hat) * x0_hat + expand_as((1 - abar_s - var).clamp_min(0).sqrt(), x0_hat) * eps_hat
     return Kernel(mean=mean, var=var, x0=x0_hat)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
-from ..kernels import reverse_step
+from ..kernels import ddim_step, reverse_step
 from ..model import DiffusionModel
 from ..parametrization import reverse_kernel
 from ..processes import binomial
@@ -41,11 +41,22 @@ def time_grid(model: DiffusionModel, steps: int | None = None) -> torch.Tensor:
 
 
 class Plain:
-    """The unconditioned chain: draw x_T from the prior, step with p(x_s | x_t). The
-    sampler's stepper; ``conditioning.Conditioning`` replaces it for p(x_0) r(x_0).
+    """The unconditioned chain: draw x_T from the prior, step with p(x_s | x_t), or with
+    the DDIM kernel of the same prediction when eta is given. The sampler's stepper;
+    ``conditioning.Conditioning`` extends it for p(x_0) r(x_0).
 
     Shapes: start -> x (n, *D) and the grid; step (B, *D) -> (B, *D); finish -> (n, *D).
     """
+
+    def __init__(self, eta: float | None = None):
+        self.eta = eta
+
+    def kernel(self, model, x, t, abar_s, abar_t):
+        """The chain's kernel for one hop; the last hop is always the model's decoder
+        (the DDIM kernel there would be a delta at x0_hat). Shapes: as ``kernels.reverse_step``."""
+        if self.eta is None or bool((abar_s >= 1).all()):
+            return reverse_step(model, x, t, abar_s, abar_t)
+        return ddim_step(model, x, t, abar_s, abar_t, self.eta)
 
     def start(self, model, n, grid, generator):
         dev = grid.device
@@ -54,7 +65,7 @@ class Plain:
         return torch.randn((n,) + model.data_shape, generator=generator).to(dev), grid
 
     def step(self, model, x, t, abar_s, abar_t, generator):
-        return reverse_step(model, x, t, abar_s, abar_t).sample(generator)
+        return self.kernel(model, x, t, abar_s, abar_t).sample(generator)
 
     def finish(self, x, generator):
         return x
@@ -69,18 +80,22 @@ def sample(
     keep: int = 0,
     progress: bool = False,
     condition=None,
+    eta: float | None = None,
 ):
     """Draw n samples in the model's (scaled) units.
 
     keep > 0 also returns `keep` snapshots of the whole batch along the chain
     (including the start x_T and the end x_0), for trajectory figures.
     condition: a ``conditioning.Conditioning`` (samples from p(x_0) r(x_0)); it
-    chooses the start of the chain and replaces each step.
+    chooses the start of the chain and replaces each step (give eta to it, not here).
+    eta: step with the DDIM kernel (0: deterministic) instead of the model's own.
 
     Shapes: returns x0 (n, *D), and with keep a list of (time, (n, *D)) pairs.
     """
     dev = next(model.parameters()).device
-    stepper = condition or Plain()
+    if condition is not None and eta is not None:
+        raise ConfigError("give eta to the Conditioning, which runs the chain")
+    stepper = condition or Plain(eta)
     x, grid = stepper.start(model, n, time_grid(model, steps).to(dev), generator)
     snaps = []
     stride = max(1, len(grid) // max(1, keep - 1)) if keep else 0

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError, DataError
-from ..kernels import Kernel, forward_kernel, reverse_step
+from ..kernels import Kernel, forward_kernel
 from ..model import DiffusionModel
 from ..processes.gaussian import expand_as, sum_dims
 from .ancestral import Plain, sample
@@ -222,14 +222,16 @@ class Conditioning(Plain):
     round trips per hop; particles is the SMC population per sample; steer makes SMC
     weight particles during the chain by r at the model's x_0 prediction (for an r
     that is rare under the model: fewer particles wasted, but a bias at few particles;
-    Gaussian observations and bit probabilities always use their closed-form twist).
+    Gaussian observations and bit probabilities always use their closed-form twist);
+    eta runs the chain with DDIM kernels (``ancestral.Plain``).
 
     Shapes: as ``ancestral.Plain``; with smc the chain carries n x particles rows and
     finish returns n.
     """
 
     def __init__(self, condition, method: str | None = None, scale: float = 1.0, resample: int = 1,
-                 particles: int = 16, steer: bool = False):
+                 particles: int = 16, steer: bool = False, eta: float | None = None):
+        super().__init__(eta)
         method = method or default_method(condition)
         if method not in METHODS:
             raise ConfigError(f"unknown conditioning method {method!r}; choose one of {', '.join(METHODS)}")
@@ -242,6 +244,8 @@ class Conditioning(Plain):
             raise ConfigError("method start denoises a full observation: it needs a Gaussian observation with A = I")
         if method == "product" and not isinstance(condition, (GaussianObservation, BitProbabilities)):
             raise ConfigError("method product needs a Gaussian observation or bit probabilities")
+        if eta == 0 and method in ("product", "guidance", "smc"):
+            raise ConfigError(f"method {method} needs a stochastic kernel: use eta > 0 (or none)")
         if resample < 1 or particles < 1:
             raise ConfigError("resample and particles must be at least 1")
         self.condition, self.method, self.scale = condition, method, float(scale)
@@ -323,9 +327,9 @@ class Conditioning(Plain):
             for u in range(self.resample):
                 if u > 0:  # RePaint's round trip: back up one hop with the forward kernel
                     x = forward_kernel(model, x, abar_s, abar_t).sample(generator).to(x.dtype)
-                x = self._replace(model, reverse_step(model, x, t, abar_s, abar_t).sample(generator), abar_s, generator)
+                x = self._replace(model, self.kernel(model, x, t, abar_s, abar_t).sample(generator), abar_s, generator)
             return x
-        kernel = reverse_step(model, x, t, abar_s, abar_t)
+        kernel = self.kernel(model, x, t, abar_s, abar_t)
         if self.method == "clamp":
             return torch.where(self.mask, self.values.to(x.dtype), kernel.sample(generator))
         if self.method == "smc":

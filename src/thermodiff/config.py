@@ -53,7 +53,7 @@ class ProcessConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    net: str = "mlp"  # mlp | rbf | sigmoid_mlp (width x depth sigmoid units) | unet
+    net: str = "mlp"  # mlp | rbf | sigmoid_mlp (width x depth sigmoid units) | unet | multiscale
     parametrization: str = "eps"  # paper | eps | x0 | v
     variance: str = "fixed-small"  # fixed-small | fixed-large | learned-range
     decoder: str = "paper"  # paper (last step fixed to the forward kernel) | learned
@@ -64,11 +64,14 @@ class ModelConfig:
     fourier_min_exponent: int = 0
     activation: str = "silu"
     rbf_hidden: int = 16
-    base_channels: int = 32  # unet
+    base_channels: int = 32  # unet; multiscale: channels of every layer
     channel_mults: tuple[int, ...] = (1, 2)  # unet: channels per level, times base_channels
     num_res_blocks: int = 1  # unet: residual blocks per level
     attention_levels: tuple[int, ...] = ()  # unet: levels (0 = full resolution) with self-attention
     dropout: float = 0.0  # unet
+    conv_layers: int = 2  # multiscale: multi-scale convolution layers
+    dense_layers: int = 2  # multiscale: per-pixel tanh layers
+    n_bumps: int = 16  # multiscale: Gaussian bumps of the time readout (paper eq. 62-63)
 
 
 @dataclass(frozen=True)

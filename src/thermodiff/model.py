@@ -247,6 +247,16 @@ def build_model(cfg, data_shape: tuple[int, ...]) -> DiffusionModel:
             time_dim=m.time_dim,
             dropout=m.dropout,
         )
+    elif m.net == "multiscale":
+        if len(data_shape) != 3:
+            raise ConfigError(f"model.net = 'multiscale' needs image data shaped (C, H, W), got examples of shape {tuple(data_shape)}")
+        options = dict(
+            image_shape=tuple(data_shape),
+            channels=m.base_channels,
+            conv_layers=m.conv_layers,
+            dense_layers=m.dense_layers,
+            n_bumps=m.n_bumps,
+        )
     else:
         options = {}
     net = build_net(m.net, n, channels * n, cfg.process.T, **options)

@@ -14,6 +14,7 @@ from torch import nn
 from thermodiff.errors import ConfigError
 from thermodiff.nets.embeddings import FourierFeatures, SinusoidalEmbedding, per_step_readout, time_to_index
 from thermodiff.nets.mlp import ResidualMLP
+from thermodiff.nets.multiscale import MultiScaleConvNet
 from thermodiff.nets.rbf import RBFNet
 from thermodiff.nets.sigmoid_mlp import SigmoidMLP
 from thermodiff.nets.unet import UNet
@@ -22,6 +23,7 @@ __all__ = [
     "FourierFeatures",
     "SinusoidalEmbedding",
     "ResidualMLP",
+    "MultiScaleConvNet",
     "RBFNet",
     "SigmoidMLP",
     "UNet",
@@ -54,12 +56,20 @@ def _unet(in_dim: int, out_dim: int, num_steps: int, **options: Any) -> nn.Modul
     return UNet(in_dim, out_dim, num_steps, **options)
 
 
+def _multiscale(in_dim: int, out_dim: int, num_steps: int, **options: Any) -> nn.Module:
+    # As for the U-Net: the image shape comes from the data, not from the user.
+    if "image_shape" not in options:
+        raise ConfigError("net 'multiscale' needs the option image_shape = (C, H, W)")
+    return MultiScaleConvNet(in_dim, out_dim, num_steps, **options)
+
+
 # name -> (builder, class whose keyword arguments after the fixed ones are options)
 NETS: dict[str, tuple[Callable[..., nn.Module], type]] = {
     "mlp": (_mlp, ResidualMLP),
     "rbf": (_rbf, RBFNet),
     "sigmoid_mlp": (_sigmoid_mlp, SigmoidMLP),
     "unet": (_unet, UNet),
+    "multiscale": (_multiscale, MultiScaleConvNet),
 }
 
 _FIXED = {"self", "in_dim", "out_dim", "num_steps"}
@@ -78,7 +88,8 @@ def net_options(name: str) -> tuple[str, ...]:
 
 def build_net(name: str, in_dim: int, out_dim: int, num_steps: int, **options: Any) -> nn.Module:
     """Build a network by name: ``"mlp"`` (ResidualMLP), ``"rbf"`` (RBFNet),
-    ``"sigmoid_mlp"`` (SigmoidMLP) or ``"unet"`` (UNet, which needs ``image_shape``).
+    ``"sigmoid_mlp"`` (SigmoidMLP), ``"unet"`` (UNet) or ``"multiscale"``
+    (MultiScaleConvNet); the last two need ``image_shape``.
 
     Options are the network's keyword arguments (see ``net_options``); an unknown
     name or option raises ``ConfigError``.

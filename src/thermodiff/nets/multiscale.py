@@ -7,8 +7,8 @@ functions of time (eqs. 62-63). Time enters only through that readout: the
 convolutional trunk sees ``x`` alone, so one pass of the trunk serves every ``t``.
 
 The paper's network also ran a dense (fully connected) branch over the whole
-image beside the convolutions; it is left out here, as in the brief for this
-module, to keep the net small and independent of the image size.
+image beside the convolutions; it is left out here, which keeps the net small and
+its parameter count independent of the image size.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ def gaussian_bumps(t: Tensor, n_bumps: int) -> Tensor:
     Shapes: t (B,) -> (B, n_bumps)
     """
     tau = torch.linspace(0.0, 1.0, n_bumps, dtype=t.dtype, device=t.device)
-    if n_bumps == 1:
-        tau = tau.new_full((1,), 0.5)  # linspace(0, 1, 1) is [0]; any centre gives g = 1
+    # Width = spacing, so neighbouring bumps overlap and the sum is smooth in t (the
+    # authors' released code used half the spacing). One bump: any width gives g = 1.
     width = 1.0 / max(n_bumps - 1, 1)
     logits = -(t[:, None] - tau[None, :]).square() / (2.0 * width**2)
     # softmax is exactly the normalisation, and stays finite for t far outside [0, 1].
@@ -172,7 +172,7 @@ class MultiScaleConvNet(nn.Module):
             if n_scales > 1 and coarsest < _MIN_SIZE:
                 raise ConfigError(
                     f"{_NAME} n_scales {n_scales} pools image_shape {shape} down to a "
-                    f"{coarsest}-pixel side; use at most scales that keep {_MIN_SIZE} pixels"
+                    f"{coarsest}-pixel side; choose fewer scales (the coarsest side needs >= {_MIN_SIZE})"
                 )
 
         self.in_dim = in_dim

@@ -71,6 +71,9 @@ def test_sample_writes_data_units(trained, tmp_path):
     s = np.load(tmp_path / "s.npy")
     assert s.shape == (50, 3) and np.isfinite(s).all()
     assert abs(s[:, 1].mean() - 10.0) < 5.0  # data units, not scaled units
+    r = run("sample", trained, "-n", 20, "--out", tmp_path / "d.npy", "--steps", 10, "--eta", 0)
+    assert r.returncode == 0, r.stderr
+    assert np.load(tmp_path / "d.npy").shape == (20, 3)
 
 
 def test_resume_after_sigkill(arrays, tmp_path):

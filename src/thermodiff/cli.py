@@ -141,7 +141,7 @@ def cmd_sample(args) -> int:
         raise DataError(f"-n must be at least 1, got {args.n}")
     cfg, model, _ = load_run(args.run)
     gen = torch.Generator().manual_seed(args.seed)
-    x = sample(model, args.n, gen, steps=args.steps, progress=not args.quiet)
+    x = sample(model, args.n, gen, steps=args.steps, progress=not args.quiet, eta=args.eta)
     y = model.scaler.inverse(x).numpy()
     out = Path(args.out) if args.out else Path(args.run) / "samples.npy"
     save_array(out, np.asarray(y))
@@ -190,8 +190,8 @@ def cmd_condition(args) -> int:
             raise ConfigError("--observe needs --noise SIGMA (the observation's noise, data units)")
         shown = _condition_array(args.observe, model, "observation")
         condition = GaussianObservation(shown, args.noise, mask)
-    options = {k: v for k, v in (("scale", args.scale), ("resample", args.resample), ("particles", args.particles))
-               if v is not None}
+    options = {k: v for k, v in (("scale", args.scale), ("resample", args.resample), ("particles", args.particles),
+                                 ("eta", args.eta)) if v is not None}
     gen = torch.Generator().manual_seed(args.seed)
     import warnings
 
@@ -346,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="output .npy (default RUN/samples.npy)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--steps", type=int, help="sampling steps (default: all)")
+    s.add_argument("--eta", type=float, help="DDIM kernels with this eta (0: deterministic; default: the model's own)")
     s.set_defaults(func=cmd_sample)
 
     c = sub.add_parser("condition", help="samples of the model times r(x): inpainting, denoising (paper 2.5)")
@@ -361,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--resample", type=int, help="replace: round trips per step (RePaint; default 1)")
     c.add_argument("--scale", type=float, help="guidance: multiplier of grad log r (default 1)")
     c.add_argument("--steps", type=int, help="sampling steps (default: all)")
+    c.add_argument("--eta", type=float, help="DDIM kernels with this eta (default: the model's own)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--figure", help="figure path (default: --out with .png)")
     c.add_argument("--original", help="the clean examples (.npy), shown in the figure")

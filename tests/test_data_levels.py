@@ -45,3 +45,18 @@ def test_real_mnist_as_levels():
     assert ds.train.shape == (60000, 1, 28, 28) and ds.test.shape == (10000, 1, 28, 28)
     assert ds.dequantize and float(ds.train.max()) == 255 and torch.equal(ds.train, ds.train.round())
     assert 0 <= float(ds.test.min()) and float(ds.test.max()) < 256
+
+
+@pytest.mark.skipif(not MNIST_ROOT.exists(), reason=f"real MNIST not found at {MNIST_ROOT}")
+def test_mnist_bench_smoke(tmp_path):
+    import json
+
+    from test_cli import run
+
+    r = run("bench", "mnist", "--smoke", "--out", tmp_path / "b", "--json", tmp_path / "b.json")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((tmp_path / "b.json").read_text())
+    for key in ("bits_per_dim", "stderr_bits", "parzen_bits", "train_seconds", "images_per_second",
+                "sampling_steps", "device", "commit"):
+        assert key in rec, key
+    assert rec["n_samples"] == 16 and rec["sampling_steps"] == 6

@@ -255,7 +255,8 @@ def cmd_bench(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"bench-{args.name}{'-smoke' if args.smoke else ''}"
     record = run_benchmark(args.name, cfg, out, progress=not args.quiet, figures=not args.smoke, fresh=True)
     _print_record(record, ("K_bits", "K_bits_scaled", "exact_bits_scaled", "gap_bits", "gap_stderr_bits", "stderr_bits",
-                           "K_minus_L_null_bits", "bits_per_dim", "valid_fraction", "iw_bits_scaled", "iw_gap_bits",
+                           "K_minus_L_null_bits", "bits_per_dim", "valid_fraction", "parzen_bits", "images_per_second",
+                           "iw_bits_scaled", "iw_gap_bits",
                            "iw_gap_stderr_bits", "iw_M", "train_seconds", "device"))
     if args.json:
         from .report import write_json

@@ -60,3 +60,29 @@ def test_mnist_bench_smoke(tmp_path):
                 "sampling_steps", "device", "commit"):
         assert key in rec, key
     assert rec["n_samples"] == 16 and rec["sampling_steps"] == 6
+
+
+def test_cifar_imagefolder_and_deadleaves_through_the_loader(tmp_path):
+    """The data sets of the images issue load through data.load: 8-bit formats as
+    dequantised levels, dead leaves as continuous [0, 1) images."""
+    import pickle
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), b"labels": [0, 1, 2, 3]}
+        with open(tmp_path / name, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    ds = load(_cfg(name="cifar10", root=str(tmp_path), n_train=0, n_test=0).data)
+    assert ds.train.shape == (20, 3, 32, 32) and ds.test.shape == (4, 3, 32, 32) and ds.dequantize
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 256, (6, 5), dtype=np.uint8), mode="L").save(folder / f"{i}.png")
+    ds = load(_cfg(name="imagefolder", root=str(folder), test_fraction=0.2, n_train=0, n_test=0).data)
+    assert ds.train.shape == (8, 1, 6, 5) and ds.test.shape == (2, 1, 6, 5) and ds.dequantize
+    ds = load(_cfg(name="deadleaves", n_train=3, n_test=2, size=16).data)
+    assert ds.train.shape == (3, 1, 16, 16) and not ds.dequantize
+    assert float(ds.train.min()) >= 0 and float(ds.train.max()) < 1

@@ -25,14 +25,15 @@ else:  # pragma: no cover
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "swissroll"  # swissroll | mixture | heartbeat | array | mnist
+    name: str = "swissroll"  # swissroll | mixture | heartbeat | array | mnist | cifar10 | imagefolder | deadleaves
     path: str = ""  # array: the training file (.npy, .npz, .csv)
-    root: str = ""  # mnist: the folder holding the IDX files
+    root: str = ""  # mnist, cifar10, imagefolder: the folder holding the files
     binarize: str = ""  # mnist: threshold | stochastic (binary, binomial process); empty: 8-bit levels, dequantised
     test_path: str = ""  # array: held-out file; empty: hold out test_fraction of path
     test_fraction: float = 0.1
     n_train: int = 100_000  # generated data sets
     n_test: int = 20_000
+    size: int = 32  # deadleaves: image side in pixels
     seed: int = 0
 
 

@@ -21,3 +21,10 @@ class ConfigError(ThermodiffError):
 
 class CheckpointError(ThermodiffError):
     """A checkpoint is missing, corrupted, or does not match its config."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message squeezed onto one line (numpy's and pickle's can span
+    several), for the one-line errors of the command line. Shapes: none."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__

@@ -12,7 +12,7 @@ from ..errors import ConfigError, DataError
 
 from pathlib import Path
 
-DATASETS = ("swissroll", "mixture", "heartbeat", "array", "mnist")
+DATASETS = ("swissroll", "mixture", "heartbeat", "array", "mnist", "cifar10", "imagefolder", "deadleaves")
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,25 @@ def load(cfg) -> Dataset:
             train = train[: cfg.n_train]
         if cfg.n_test and cfg.n_test < test.shape[0]:
             test = test[: cfg.n_test]
+        return Dataset(train, test, None)
+    if cfg.name == "cifar10":
+        from .cifar import load_cifar10
+
+        root = resolve_root(cfg.root)
+        train, test = (torch.as_tensor(load_cifar10(root, split)[0], dtype=torch.float64) for split in ("train", "test"))
+        return _levels(train, test, cfg)
+    if cfg.name == "imagefolder":
+        from .arrays import split_holdout
+        from .imagefolder import load_image_folder
+
+        images, _ = load_image_folder(resolve_root(cfg.root))
+        train, test = split_holdout(images, cfg.test_fraction, cfg.seed)
+        return _levels(torch.as_tensor(train, dtype=torch.float64), torch.as_tensor(test, dtype=torch.float64), cfg)
+    if cfg.name == "deadleaves":
+        from .deadleaves import deadleaves
+
+        train = torch.as_tensor(deadleaves(cfg.n_train, size=cfg.size, seed=cfg.seed))
+        test = torch.as_tensor(deadleaves(cfg.n_test, size=cfg.size, seed=cfg.seed + 1_000_003))
         return Dataset(train, test, None)
     if cfg.name == "array":
         from .arrays import load_array, split_holdout

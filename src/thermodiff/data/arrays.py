@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from thermodiff.atomic import atomic_write
-from thermodiff.errors import DataError
+from thermodiff.errors import DataError, one_line
 
 __all__ = ["load_array", "save_array", "split_holdout", "SUPPORTED_EXTENSIONS"]
 
@@ -27,12 +27,6 @@ SUPPORTED_EXTENSIONS = (".npy", ".npz", ".csv", ".txt")
 _NPZ_KEYS = ("x", "data")
 
 _NPY_MAGIC = b"\x93NUMPY"
-
-
-def _one_line(exc: BaseException) -> str:
-    """An exception's message squeezed onto one line (numpy's can span several)."""
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
 
 
 def _extension(path: Path) -> str:
@@ -58,14 +52,14 @@ def _read_npy(path: Path) -> np.ndarray:
         with open(path, "rb") as handle:
             magic = handle.read(len(_NPY_MAGIC))
     except OSError as exc:
-        raise DataError(f"{path}: cannot read file ({_one_line(exc)})") from None
+        raise DataError(f"{path}: cannot read file ({one_line(exc)})") from None
     if magic != _NPY_MAGIC:
         raise DataError(f"{path}: not a .npy file (no NUMPY header)")
     try:
         # allow_pickle=False: unpickling object arrays can run arbitrary code.
         arr = np.load(path, allow_pickle=False)
     except Exception as exc:  # numpy raises many types for malformed headers
-        raise DataError(f"{path}: cannot read .npy file ({_one_line(exc)})") from None
+        raise DataError(f"{path}: cannot read .npy file ({one_line(exc)})") from None
     return arr
 
 
@@ -77,7 +71,7 @@ def _read_npz(path: Path) -> np.ndarray:
         # allow_pickle=False: pickled members would run arbitrary code on load.
         archive = np.load(path, allow_pickle=False)
     except Exception as exc:  # BadZipFile, ValueError, OSError...
-        raise DataError(f"{path}: cannot read .npz file ({_one_line(exc)})") from None
+        raise DataError(f"{path}: cannot read .npz file ({one_line(exc)})") from None
     with archive:
         keys = list(archive.files)
         if not keys:
@@ -94,7 +88,7 @@ def _read_npz(path: Path) -> np.ndarray:
         try:
             arr = archive[key]
         except Exception as exc:  # a corrupt member, or an object array needing pickle
-            raise DataError(f"{path}: cannot read array {key!r} from .npz file ({_one_line(exc)})") from None
+            raise DataError(f"{path}: cannot read array {key!r} from .npz file ({one_line(exc)})") from None
     # NpzFile hands back raw bytes for zip members that are not .npy files.
     if not isinstance(arr, np.ndarray):
         raise DataError(f"{path}: member {key!r} of the .npz archive is not a .npy array")
@@ -121,7 +115,7 @@ def _read_text(path: Path, ext: str) -> np.ndarray:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read text file ({_one_line(exc)})") from None
+        raise DataError(f"{path}: cannot read text file ({one_line(exc)})") from None
     lines = text.splitlines()
     kept = [i for i, line in enumerate(lines) if line.strip()]  # blank lines are ignored
     if not kept:
@@ -139,7 +133,7 @@ def _read_text(path: Path, ext: str) -> np.ndarray:
         return np.loadtxt(body, delimiter=delimiter, dtype=np.float64, ndmin=2, comments=None)
     except ValueError as exc:
         _locate_text_error(path, lines, kept, start, delimiter)
-        raise DataError(f"{path}: cannot parse text file ({_one_line(exc)})") from None
+        raise DataError(f"{path}: cannot parse text file ({one_line(exc)})") from None
 
 
 def _validate(path: Path, arr: np.ndarray) -> np.ndarray:
@@ -251,7 +245,7 @@ def save_array(path: str | os.PathLike, x: np.ndarray) -> None:
     try:
         x = np.asarray(x)
     except Exception as exc:
-        raise DataError(f"{path}: cannot convert data to an array ({_one_line(exc)})") from None
+        raise DataError(f"{path}: cannot convert data to an array ({one_line(exc)})") from None
     if x.dtype == object:
         raise DataError(f"{path}: cannot save an object array")
     if ext in (".csv", ".txt") and x.ndim not in (1, 2):
@@ -263,4 +257,4 @@ def save_array(path: str | os.PathLike, x: np.ndarray) -> None:
         with atomic_write(path, "wb") as handle:
             _write_payload(handle, ext, x)
     except OSError as exc:
-        raise DataError(f"{path}: cannot write file ({_one_line(exc)})") from None
+        raise DataError(f"{path}: cannot write file ({one_line(exc)})") from None

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from thermodiff.errors import ConfigError, DataError
+from thermodiff.errors import ConfigError, DataError, one_line
 
 __all__ = [
     "BINARIZE_METHODS",
@@ -89,12 +89,6 @@ _TEST_SEED_OFFSET = 1_000_003
 _ROOT_HINT = "set data.root to the folder holding the MNIST IDX files"
 
 
-def _one_line(exc: BaseException) -> str:
-    """An exception's message squeezed onto one line."""
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
 def _read_bytes(path: Path) -> bytes:
     """The file's contents, decompressed if it is gzip."""
     if not path.exists():
@@ -104,7 +98,7 @@ def _read_bytes(path: Path) -> bytes:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise DataError(f"{path}: cannot read file ({_one_line(exc)})") from None
+        raise DataError(f"{path}: cannot read file ({one_line(exc)})") from None
     if not raw.startswith(_GZIP_MAGIC):
         return raw
     try:
@@ -112,7 +106,7 @@ def _read_bytes(path: Path) -> bytes:
     # EOFError: stream cut short; BadGzipFile (an OSError): bad header or CRC;
     # zlib.error: corrupt deflate data.
     except (EOFError, OSError, zlib.error) as exc:
-        raise DataError(f"{path}: corrupt gzip stream ({_one_line(exc)})") from None
+        raise DataError(f"{path}: corrupt gzip stream ({one_line(exc)})") from None
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -166,7 +160,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     try:
         arr = np.frombuffer(buf, dtype=dtype, count=count, offset=header).reshape(dims)
     except ValueError as exc:  # e.g. more dimensions than numpy supports
-        raise DataError(f"{path}: cannot hold IDX data of shape {dims} ({_one_line(exc)})") from None
+        raise DataError(f"{path}: cannot hold IDX data of shape {dims} ({one_line(exc)})") from None
     # astype copies: the result is writable and owns its memory (frombuffer's view
     # of the bytes object is read-only), and in native byte order so that torch
     # and every numpy routine take it as it is.

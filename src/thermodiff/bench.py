@@ -27,6 +27,7 @@ BENCHMARKS = {
     "iw-mixture": "iw-mixture",
     "iw-swissroll": "iw-swissroll",
     "mnist": "mnist",
+    "deadleaves": "deadleaves",
 }
 
 SMOKE = {
@@ -40,6 +41,8 @@ SMOKE_EXTRA = {
     "heartbeat-paper": {"process": {"T": 50}},
     "iw-mixture": {"eval": {"iw_M": 10, "iw_examples": 20}},
     "iw-swissroll": {"eval": {"iw_M": 10, "iw_examples": 20}},
+    "deadleaves": {"model": {"base_channels": 8, "conv_layers": 1, "dense_layers": 1},
+                   "data": {"n_train": 64, "n_test": 16, "size": 16}},
     "mnist": {"model": {"base_channels": 8, "channel_mults": (1,)},
               "data": {"n_train": 256, "n_test": 64}, "eval": {"samples": 16, "sample_steps": 5}},
     "binary-mnist": {"process": {"T": 20}, "model": {"base_channels": 8, "channel_mults": (1,)},

@@ -260,3 +260,14 @@ def test_build_model_wires_the_multiscale_net_from_a_config():
     assert out.shape == (3, 2, 1, 8, 8) and torch.all(out == 0)  # paper kernel: mu and Sigma, zero at init
     with pytest.raises(ConfigError, match="image data"):
         build_model(cfg, (64,))
+
+
+def test_deadleaves_bench_smoke(tmp_path):
+    import json
+
+    from test_cli import run
+
+    r = run("bench", "deadleaves", "--smoke", "--out", tmp_path / "b", "--json", tmp_path / "b.json")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((tmp_path / "b.json").read_text())
+    assert rec["benchmark"] == "deadleaves" and "K_minus_L_null_bits" in rec and rec["n_dims"] == 256

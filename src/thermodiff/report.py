@@ -212,7 +212,8 @@ def condition_figure(model: DiffusionModel, path: str | Path, samples: torch.Ten
             grid = torch.linspace(-lim, lim, 2001, dtype=torch.float64)
             pts = row.expand(len(grid), 2).clone()
             pts[:, free] = grid
-            dens = torch.exp(log_density(pts) - log_density(pts).max())
+            log_p = log_density(pts)
+            dens = torch.exp(log_p - log_p.max())
             exact = (grid.numpy(), (dens / (dens.sum() * (grid[1] - grid[0]))).numpy())
         return plots.conditioned_points(path, samples.numpy(), data_train[:5000].numpy(), title,
                                         known=known.numpy(), exact=exact)

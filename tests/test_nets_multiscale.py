@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from test_nets_conv import _inputs
 from thermodiff.errors import ConfigError
 from thermodiff.nets import MultiScaleConvNet, build_net, net_options
 from thermodiff.nets.multiscale import gaussian_bumps
@@ -19,11 +20,6 @@ def _net(shape=(1, 8, 8), out_channels=1, **kw) -> MultiScaleConvNet:
     torch.manual_seed(0)
     c, h, w = shape
     return MultiScaleConvNet(c * h * w, out_channels * h * w, 10, image_shape=shape, **{**SMALL, **kw})
-
-
-def _inputs(b: int, dim: int, dtype=torch.float32):
-    g = torch.Generator().manual_seed(1)
-    return torch.randn(b, dim, generator=g, dtype=dtype), torch.rand(b, generator=g, dtype=dtype)
 
 
 def _randomise_readout(net: MultiScaleConvNet) -> None:

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from thermodiff.data.images import read_file
 from thermodiff.errors import ConfigError, DataError, one_line
 
 __all__ = ["CIFAR10_CLASSES", "CIFAR10_FILES", "load_cifar10", "read_cifar_batch"]
@@ -117,14 +118,7 @@ class _BatchUnpickler(pickle.Unpickler):
 
 
 def _unpickle(path: Path):
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    if not path.is_file():
-        raise DataError(f"{path}: not a regular file")
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read file ({one_line(exc)})") from None
+    raw = read_file(path)
     if not raw:
         raise DataError(f"{path}: file is empty")
     stream = io.BytesIO(raw)

@@ -89,16 +89,22 @@ _TEST_SEED_OFFSET = 1_000_003
 _ROOT_HINT = "set data.root to the folder holding the MNIST IDX files"
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The file's contents, decompressed if it is gzip."""
+def read_file(path: Path) -> bytes:
+    """A data file's bytes, or a one-line DataError naming it (missing, not a regular
+    file, unreadable). Shapes: none."""
     if not path.exists():
         raise DataError(f"{path}: file not found")
     if not path.is_file():
         raise DataError(f"{path}: not a regular file")
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise DataError(f"{path}: cannot read file ({one_line(exc)})") from None
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's contents, decompressed if it is gzip."""
+    raw = read_file(path)
     if not raw.startswith(_GZIP_MAGIC):
         return raw
     try:

@@ -235,9 +235,9 @@ def build_model(cfg, data_shape: tuple[int, ...]) -> DiffusionModel:
         if cfg.process.time != "discrete":
             raise ConfigError("model.net = 'sigmoid_mlp' has a readout per time step and needs process.time = 'discrete'")
         options = dict(hidden=m.width, depth=m.depth)
+    elif m.net in ("unet", "multiscale") and len(data_shape) != 3:
+        raise ConfigError(f"model.net = {m.net!r} needs image data shaped (C, H, W), got examples of shape {tuple(data_shape)}")
     elif m.net == "unet":
-        if len(data_shape) != 3:
-            raise ConfigError(f"model.net = 'unet' needs image data shaped (C, H, W), got examples of shape {tuple(data_shape)}")
         options = dict(
             image_shape=tuple(data_shape),
             base_channels=m.base_channels,
@@ -248,8 +248,6 @@ def build_model(cfg, data_shape: tuple[int, ...]) -> DiffusionModel:
             dropout=m.dropout,
         )
     elif m.net == "multiscale":
-        if len(data_shape) != 3:
-            raise ConfigError(f"model.net = 'multiscale' needs image data shaped (C, H, W), got examples of shape {tuple(data_shape)}")
         options = dict(
             image_shape=tuple(data_shape),
             channels=m.base_channels,

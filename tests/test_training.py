@@ -65,3 +65,36 @@ def test_ema_warmup_ramps_the_decay():
     avg = [torch.zeros(3)]
     update(avg, cur, torch.tensor(10**6))  # capped at the configured decay
     assert torch.allclose(avg[0], torch.full((3,), 0.001))
+
+
+def test_bf16_precision_runs_the_network_in_bf16_and_only_while_training(tmp_path, monkeypatch):
+    import pytest
+    from thermodiff.errors import ConfigError
+    from thermodiff.train import autocast_dtype
+
+    assert autocast_dtype("auto", torch.device("cpu")) is None
+    assert autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
+    with pytest.raises(ConfigError, match="train.precision"):
+        autocast_dtype("fp8", torch.device("cpu"))
+
+    x = torch.randn(512, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ds = Dataset(x[:384], x[384:], None)
+    cfg = config.apply_overrides(config.Config(), ["model.width=16", "model.depth=1", "train.steps=5",
+                                                   "train.batch_size=32", "train.precision=bf16"])
+    seen = []
+    from thermodiff import train as train_mod
+    real_step = train_mod.train_step
+
+    def spy(model, *args):
+        handle = model.net.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+        try:
+            return real_step(model, *args)
+        finally:
+            handle.remove()
+
+    monkeypatch.setattr(train_mod, "train_step", spy)
+    model = fit(cfg, ds, tmp_path / "run", progress=False)
+    assert seen and all(d == torch.bfloat16 for d in seen), seen
+    assert model.net_dtype is None  # evaluation runs in full precision
+    out = model(model.scaler(ds.test[:4]), torch.full((4,), 0.5, dtype=torch.float64))
+    assert out.dtype != torch.bfloat16 and torch.isfinite(out).all()

@@ -95,6 +95,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # CPU threads; 0: torch's default
+    precision: str = "auto"  # network arithmetic in training: auto (bf16 autocast on CUDA, float32 on CPU) | float32 | bf16
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,8 @@ class DiffusionModel(nn.Module):
         process: str = "gaussian",
     ):
         super().__init__()
+        # Autocast dtype for the network (training only; see train.precision). None: off.
+        self.net_dtype: torch.dtype | None = None
         if process not in PROCESSES:
             raise ConfigError(f"unknown process kind {process!r}; choose one of {', '.join(PROCESSES)}")
         self.process = process
@@ -161,7 +163,14 @@ class DiffusionModel(nn.Module):
         Shapes: x_t (B, *D), t (B,) in [0, 1] -> (B, C, *D).
         """
         b = x_t.shape[0]
-        out = self.net(x_t.reshape(b, -1), t.to(x_t.dtype))
+        if self.net_dtype is None:
+            out = self.net(x_t.reshape(b, -1), t.to(x_t.dtype))
+        else:
+            # Mixed precision for the network alone: convolutions and matmuls run in
+            # net_dtype, while the schedule, the KL terms and the bound stay in float32/64.
+            with torch.autocast(x_t.device.type, dtype=self.net_dtype):
+                out = self.net(x_t.reshape(b, -1), t.to(x_t.dtype))
+            out = out.to(x_t.dtype)
         return out.reshape((b, self.channels) + self.data_shape)
 
     # -- the schedule as seen by the bound and the samplers -------------------------

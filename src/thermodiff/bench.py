@@ -79,6 +79,9 @@ def sample_support(model, log_density, eval_cfg, progress: bool = False) -> dict
             "sampling_steps": len(time_grid(model, steps))}
 
 
+SAMPLE_CHUNK = 500  # images sampled at once for the Parzen window
+
+
 def image_samples_parzen(model, dataset, eval_cfg, progress: bool = False) -> dict:
     """For 8-bit images: eval.samples samples (eval.sample_steps hops) scored by the
     Parzen window of the paper's Table 2 on [0, 1] pixels (level / 255): the window
@@ -91,9 +94,19 @@ def image_samples_parzen(model, dataset, eval_cfg, progress: bool = False) -> di
 
     steps = eval_cfg.sample_steps or None
     gen = torch.Generator().manual_seed(eval_cfg.seed)
+    # In chunks: one batch of 10,000 images runs 2.5x slower per image on a CPU than
+    # chunks of 500, whose activations stay in cache.
+    starts = range(0, eval_cfg.samples, SAMPLE_CHUNK)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc=f"sample {eval_cfg.samples} in chunks of {SAMPLE_CHUNK}", unit="chunk")
+    chunks = []
     with torch.no_grad():
-        x = sample(model, eval_cfg.samples, gen, steps=steps, progress=progress)
-    pixels = (model.scaler.inverse(x).floor().clamp(0, 255) / 255).cpu()
+        for start in starts:
+            n = min(SAMPLE_CHUNK, eval_cfg.samples - start)
+            chunks.append(sample(model, n, gen, steps=steps).cpu())
+    pixels = model.scaler.inverse(torch.cat(chunks)).floor().clamp(0, 255) / 255
     validation = dataset.train[-min(1000, len(dataset.train) // 4 or 1):] / 255
     test = dataset.test.floor() / 255  # the held-out levels, without their dequantisation
     record = parzen(pixels, validation, test)

@@ -553,8 +553,10 @@ def image_grid(
     images: np.ndarray,
     title: str,
     ncol: int | None = None,
+    row_labels: Sequence[str] | None = None,
 ) -> Path:
-    """A grid of images with values in [0, 1] (1 or 3 channels), one axis-free panel each.
+    """A grid of images with values in [0, 1] (1 or 3 channels), one axis-free panel each;
+    row_labels, if given, name the rows on the left.
 
     Shapes: images: (N, C, H, W) with C in {1, 3}.
     """
@@ -575,7 +577,14 @@ def image_grid(
     ax = fig.subplots()
     ax.imshow(canvas[..., 0] if c == 1 else canvas, cmap="gray" if c == 1 else None, vmin=0, vmax=1,
               interpolation="nearest")
-    ax.set_axis_off()
+    if row_labels:
+        ax.set_xticks([])
+        ax.set_yticks([pad + r * (h + pad) + h / 2 for r in range(len(row_labels))], list(row_labels))
+        ax.tick_params(left=False)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    else:
+        ax.set_axis_off()
     fig.suptitle(title)
     return _save(fig, path)
 

@@ -194,7 +194,9 @@ def condition_figure(model: DiffusionModel, path: str | Path, samples: torch.Ten
         unit = lambda a: ((a.to(torch.float64) - lo) / max(hi - lo, 1e-12)).clamp(0, 1).numpy()  # noqa: E731
         m = min(len(samples), 8)
         rows = ([original[:m]] if original is not None else []) + [corrupted.expand((len(samples),) + shape)[:m], samples[:m]]
-        return plots.image_grid(path, np.concatenate([unit(r) for r in rows]), title, ncol=m)
+        labels = (["original"] if original is not None else []) + [
+            "observed" if mask.all() else "known (gray: unknown)", "samples"]
+        return plots.image_grid(path, np.concatenate([unit(r) for r in rows]), title, ncol=m, row_labels=labels)
     if model.binomial:
         flat = lambda a: a.reshape(len(a), -1).numpy()  # noqa: E731
         return plots.binary_rows(path, flat(samples[:24]), flat(corrupted[:24]), title,

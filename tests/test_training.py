@@ -6,13 +6,16 @@ import math
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from thermodiff import config
+from thermodiff import train as train_mod
+from thermodiff.errors import ConfigError
 from thermodiff.data import Dataset
 from thermodiff.data.toy import GaussianMixture
 from thermodiff.report import evaluate_run
-from thermodiff.train import fit, load_run
+from thermodiff.train import autocast_dtype, fit, load_run
 
 
 def test_trained_bound_stays_below_exact_log_likelihood(tmp_path):
@@ -68,10 +71,6 @@ def test_ema_warmup_ramps_the_decay():
 
 
 def test_bf16_precision_runs_the_network_in_bf16_and_only_while_training(tmp_path, monkeypatch):
-    import pytest
-    from thermodiff.errors import ConfigError
-    from thermodiff.train import autocast_dtype
-
     assert autocast_dtype("auto", torch.device("cpu")) is None
     assert autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
     with pytest.raises(ConfigError, match="train.precision"):
@@ -82,7 +81,6 @@ def test_bf16_precision_runs_the_network_in_bf16_and_only_while_training(tmp_pat
     cfg = config.apply_overrides(config.Config(), ["model.width=16", "model.depth=1", "train.steps=5",
                                                    "train.batch_size=32", "train.precision=bf16"])
     seen = []
-    from thermodiff import train as train_mod
     real_step = train_mod.train_step
 
     def spy(model, *args):

@@ -151,15 +151,20 @@ def test_unet_group_norm_falls_back_to_a_divisor():
     assert tiny(*_inputs(2, 64)).shape == (2, 64)
 
 
-def test_unet_float64():
-    net = _unet((1, 8, 8), attention_levels=(1,))
-    _randomise_output(net)
-    x, t = _inputs(2, 64)
+def assert_float64_agrees(net: torch.nn.Module, dim: int) -> None:
+    """The net cast to float64 runs in float64 and agrees with its float32 self."""
+    x, t = _inputs(2, dim)
     with torch.no_grad():
         out32 = net(x, t)
         out64 = net.double()(x.double(), t.double())
     assert out64.dtype == torch.float64
     torch.testing.assert_close(out64.float(), out32, rtol=1e-4, atol=1e-4)
+
+
+def test_unet_float64():
+    net = _unet((1, 8, 8), attention_levels=(1,))
+    _randomise_output(net)
+    assert_float64_agrees(net, 64)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_nets_conv import _inputs, fit_fixed_target
+from test_nets_conv import _inputs, assert_float64_agrees, fit_fixed_target
 from thermodiff.errors import ConfigError
 from thermodiff.nets import MultiScaleConvNet, build_net, net_options
 from thermodiff.nets.multiscale import gaussian_bumps
@@ -172,12 +172,7 @@ def test_gradients_reach_every_parameter():
 def test_float64():
     net = _net((1, 8, 8), 2)
     _randomise_readout(net)
-    x, t = _inputs(2, 64)
-    with torch.no_grad():
-        out32 = net(x, t)
-        out64 = net.double()(x.double(), t.double())
-    assert out64.dtype == torch.float64
-    torch.testing.assert_close(out64.float(), out32, rtol=1e-4, atol=1e-4)
+    assert_float64_agrees(net, 64)
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ reverse process (kernel means, variances, x0 predictions) is derived from it by
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -163,14 +164,13 @@ class DiffusionModel(nn.Module):
         Shapes: x_t (B, *D), t (B,) in [0, 1] -> (B, C, *D).
         """
         b = x_t.shape[0]
-        if self.net_dtype is None:
+        # Mixed precision for the network alone: convolutions and matmuls run in
+        # net_dtype, while the schedule, the KL terms and the bound stay in float32/64.
+        precision = nullcontext() if self.net_dtype is None else torch.autocast(x_t.device.type, dtype=self.net_dtype)
+        with precision:
             out = self.net(x_t.reshape(b, -1), t.to(x_t.dtype))
-        else:
-            # Mixed precision for the network alone: convolutions and matmuls run in
-            # net_dtype, while the schedule, the KL terms and the bound stay in float32/64.
-            with torch.autocast(x_t.device.type, dtype=self.net_dtype):
-                out = self.net(x_t.reshape(b, -1), t.to(x_t.dtype))
-            out = out.to(x_t.dtype)
+        if self.net_dtype is not None:
+            out = out.to(x_t.dtype)  # back from the autocast dtype
         return out.reshape((b, self.channels) + self.data_shape)
 
     # -- the schedule as seen by the bound and the samplers -------------------------

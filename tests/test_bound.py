@@ -125,7 +125,7 @@ def test_stratified_discrete_estimator_is_unbiased():
 
 def test_importance_proposal_in_evaluation_keeps_the_estimate():
     """Evaluating with a learned time proposal changes the variance, not the mean."""
-    from thermodiff.objectives import TimeSampler
+    from thermodiff.time_sampler import TimeSampler
 
     model = oracle_model(ContinuousSchedule("linear-logsnr"), 0.05, "eps", "fixed-small")
     x0 = torch.tensor([[0.1, -0.2]], dtype=torch.float64).repeat(2000, 1)

@@ -15,7 +15,7 @@ def test_config_round_trip_through_toml():
 
 
 def test_shipped_configs_load():
-    from thermodiff.cli import CONFIG_DIR
+    from thermodiff.config import CONFIG_DIR
 
     paths = sorted(CONFIG_DIR.rglob("*.toml"))
     assert len(paths) >= 4

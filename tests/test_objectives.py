@@ -7,7 +7,8 @@ import torch
 
 from thermodiff import config
 from thermodiff.model import build_model
-from thermodiff.objectives import TimeSampler, loss_per_example, make_time_sampler
+from thermodiff.objectives import loss_per_example, make_time_sampler
+from thermodiff.time_sampler import TimeSampler
 
 
 def test_importance_weights_are_unbiased():

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from test_cli import CONTRACT_KEYS, _one_line_error, run
-from thermodiff.cli import config_path
+from thermodiff.config import config_path
 
 IW_KEYS = ("iw_bits", "iw_bits_scaled", "iw_stderr_bits", "iw_M")
 TINY = ["--set", "model.width=16", "--set", "model.depth=1", "--set", "train.batch_size=64",

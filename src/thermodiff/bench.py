@@ -52,9 +52,7 @@ SMOKE_EXTRA = {
 
 def bench_config(name: str, smoke: bool = False) -> config_mod.Config:
     """The config behind a benchmark, or its smoke version."""
-    from .cli import config_path
-
-    cfg = config_mod.load(config_path(BENCHMARKS[name]))
+    cfg = config_mod.load(config_mod.config_path(BENCHMARKS[name]))
     if smoke:
         cfg = config_mod.replace(cfg, **SMOKE)
         cfg = config_mod.replace(cfg, **SMOKE_EXTRA.get(name, {}))

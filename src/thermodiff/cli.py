@@ -11,16 +11,9 @@ from pathlib import Path
 
 from .errors import DataError, ThermodiffError
 
-CONFIG_DIR = Path(__file__).parent / "configs"
-
-
-def config_path(name: str) -> Path:
-    """A config shipped with thermodiff, by name (``swissroll``, ``paper/swissroll``)."""
-    return CONFIG_DIR / f"{name}.toml"
-
-
 def _resolve_config(args):
     from . import config
+    from .config import config_path
 
     if args.config:
         cfg = config.load(args.config)
@@ -229,6 +222,7 @@ def cmd_condition(args) -> int:
 
 def cmd_demo(args) -> int:
     from . import config
+    from .config import config_path
     from .bench import run_benchmark
 
     out = Path(args.out)

@@ -22,6 +22,13 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+def config_path(name: str) -> Path:
+    """A config shipped with thermodiff, by name (``swissroll``, ``paper/swissroll``)."""
+    return CONFIG_DIR / f"{name}.toml"
+
 
 @dataclass(frozen=True)
 class DataConfig:

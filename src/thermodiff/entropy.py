@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from .kernels import forward_kernel, reverse_step
-from .likelihood import LN2
+from .units import LN2
 from .model import DiffusionModel
 from .sampling.ancestral import time_grid
 

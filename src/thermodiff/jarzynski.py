@@ -26,7 +26,7 @@ import math
 import torch
 
 from .kernels import forward_kernel, log_prior, reverse_step
-from .likelihood import LN2
+from .units import LN2
 from .model import DiffusionModel
 from .sampling.ancestral import time_grid
 

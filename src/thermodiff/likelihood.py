@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 
 from .model import DiffusionModel
+from .time_sampler import TimeSampler
+from .units import LN2, bits
 from .parametrization import binomial_reverse_logits, reverse_kernel, x0_and_eps
 from .processes import binomial
 from .processes.gaussian import (
@@ -33,7 +35,6 @@ from .processes.gaussian import (
     sum_dims,
 )
 
-LN2 = math.log(2.0)
 
 
 @dataclass(frozen=True)
@@ -183,8 +184,6 @@ def bound_terms(model: DiffusionModel, x0: torch.Tensor, n_t: int, generator: to
     b = x0.shape[0]
     dev = x0.device
     if model.continuous:
-        from .objectives import TimeSampler
-
         sampler = sampler or TimeSampler(n_t)
         k = sampler.n_bins
         u = (torch.arange(n_t, dtype=torch.float64) + torch.rand(b, n_t, generator=generator, dtype=torch.float64)) / n_t
@@ -268,11 +267,6 @@ def evaluate(
 
 def _max_columns(model: DiffusionModel) -> int:
     return 10**9 if model.continuous else model.schedule.T - 1
-
-
-def bits(nats):
-    """Nats to bits."""
-    return nats / LN2
 
 
 def summarize(model: DiffusionModel, terms: BoundTerms, y: torch.Tensor) -> dict:

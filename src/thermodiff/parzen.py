@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from .likelihood import LN2
+from .units import LN2
 
 
 def parzen_log_likelihood(x: torch.Tensor, samples: torch.Tensor, sigma: float, batch: int = 256) -> torch.Tensor:

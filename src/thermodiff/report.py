@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from .atomic import atomic_write
-from .likelihood import LN2, evaluate, summarize
+from .likelihood import evaluate, summarize
+from .units import LN2
 from .model import DiffusionModel
 
 

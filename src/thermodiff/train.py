@@ -21,7 +21,8 @@ from . import config as config_mod
 from .data import Dataset
 from .errors import CheckpointError, ConfigError, ThermodiffError
 from .model import DiffusionModel, build_model
-from .objectives import TimeSampler, check_objective, loss_per_example, make_time_sampler
+from .objectives import check_objective, loss_per_example, make_time_sampler
+from .time_sampler import TimeSampler
 
 CHECKPOINT = "checkpoint.safetensors"
 CONFIG = "config.toml"

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from .kernels import forward_kernel, reverse_step
-from .units import LN2
 from .model import DiffusionModel
-from .sampling.ancestral import time_grid
+from .units import LN2
 
 # Entropies within this many nats per dimension of a bound count as on it: the
 # fixed-small and fixed-large kernels sit exactly on the bounds, up to rounding.
@@ -45,14 +43,16 @@ def entropy_bounds(model: DiffusionModel, y: torch.Tensor, steps: int | None = N
     gen = torch.Generator().manual_seed(seed)
     x0 = model.scaler(y).to(dev).to(torch.float64)
     b, d = x0.shape[0], model.n_dims
-    grid = time_grid(model, steps).to(dev)
-    t, abar_s, abar_t = grid[1:], model.abar_at(grid[:-1]), model.abar_at(grid[1:])  # hops s < t, (H,)
+    grid = model.time_grid(steps).to(dev)
+    abar = model.schedule.abar(grid)
+    t, abar_s, abar_t = grid[1:], abar[:-1], abar[1:]  # hops s < t, (H,)
     h = len(t)
+    forward = model.process.forward
     # Forward entropies do not depend on the conditioning value: evaluate at 0.
     zero = torch.zeros((h,) + model.data_shape, dtype=torch.float64, device=dev)
     one = torch.ones(h, dtype=torch.float64, device=dev)
-    upper = forward_kernel(model, zero, abar_s, abar_t).entropy()
-    lower = upper + forward_kernel(model, zero, one, abar_s).entropy() - forward_kernel(model, zero, one, abar_t).entropy()
+    upper = forward(zero, abar_s, abar_t).entropy()
+    lower = upper + forward(zero, one, abar_s).entropy() - forward(zero, one, abar_t).entropy()
     # The model's kernel at x_t ~ q(x_t | x_0) for every (hop, example): rows hop-major.
     rows = torch.arange(h * b, device=dev)
     hop, ex = rows // b, rows % b
@@ -60,8 +60,8 @@ def entropy_bounds(model: DiffusionModel, y: torch.Tensor, steps: int | None = N
     for start in range(0, h * b, batch_size):
         sl = slice(start, start + batch_size)
         k, i = hop[sl], ex[sl]
-        x_t = forward_kernel(model, x0[i], torch.ones_like(abar_t[k]), abar_t[k]).sample(gen).to(torch.float64)
-        h_model[sl] = reverse_step(model, x_t, t[k], abar_s[k], abar_t[k]).entropy()
+        x_t = forward(x0[i], torch.ones_like(abar_t[k]), abar_t[k]).sample(gen).to(torch.float64)
+        h_model[sl] = model.reverse(x_t, t[k], abar_s[k], abar_t[k]).entropy()
     scale = d * LN2
     out = {"t": t.tolist(), "lower": (lower / scale).tolist(), "upper": (upper / scale).tolist(),
            "model": (h_model.reshape(h, b).mean(1) / scale).tolist()}

@@ -8,7 +8,7 @@ Jarzynski's equality. K is E log w (Jensen); log (1/M) sum_m w_m over M independ
 trajectories is also a stochastic lower bound, its expectation rises with M and tends
 to log p_theta(x_0) as M grows (Burda et al. 2016). M = 1 is K's estimator.
 
-A trajectory follows the chain the sampler runs (``sampling.ancestral.time_grid``):
+A trajectory follows the chain the sampler runs (``DiffusionModel.time_grid``):
 all T steps of a discrete model, or ``steps`` hops of a grid. For a continuous-time
 model the grid defines a discrete model of its own (the VDM discretisation: the
 posterior of each hop with the predicted x_0, the learned decoder at t = 0), whose
@@ -25,10 +25,8 @@ import math
 
 import torch
 
-from .kernels import forward_kernel, log_prior, reverse_step
-from .units import LN2
 from .model import DiffusionModel
-from .sampling.ancestral import time_grid
+from .units import LN2
 
 
 def log_weights(model: DiffusionModel, x0: torch.Tensor, m: int, generator: torch.Generator,
@@ -40,22 +38,21 @@ def log_weights(model: DiffusionModel, x0: torch.Tensor, m: int, generator: torc
     """
     dev = x0.device
     b = x0.shape[0]
-    grid = time_grid(model, steps).to(dev)
+    grid = model.time_grid(steps).to(dev)
+    abar = model.schedule.abar(grid)
     x_prev = x0.to(torch.float64).repeat_interleave(m, 0)  # example-major: rows b*m
     n = b * m
-    one = torch.ones(n, dtype=torch.float64, device=dev)
-    abar_prev = one
+    abar_prev = torch.ones(n, dtype=torch.float64, device=dev)
     logw = torch.zeros(n, dtype=torch.float64, device=dev)
     for k in range(len(grid)):
-        t = grid[k].expand(n)
-        abar_t = model.abar_at(t)
-        q = forward_kernel(model, x_prev, abar_prev, abar_t)
+        t, abar_t = grid[k].expand(n), abar[k].expand(n)
+        q = model.process.forward(x_prev, abar_prev, abar_t)
         x_t = q.sample(generator).to(torch.float64)
-        logw += reverse_step(model, x_t, t, abar_prev, abar_t).log_prob(x_prev) - q.log_prob(x_t)
+        logw += model.reverse(x_t, t, abar_prev, abar_t).log_prob(x_prev) - q.log_prob(x_t)
         x_prev, abar_prev = x_t, abar_t
         if on_hop:
             on_hop(1)
-    logw += log_prior(model, x_prev)
+    logw += model.process.log_prior(x_prev).to(torch.float64)
     return logw.reshape(b, m)
 
 
@@ -98,7 +95,7 @@ def evaluate_iw(model: DiffusionModel, y: torch.Tensor, m: int, steps: int | Non
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(starts) * len(time_grid(model, steps)), desc=f"importance-weighted, M = {m}",
+        bar = tqdm(total=len(starts) * len(model.time_grid(steps)), desc=f"importance-weighted, M = {m}",
                    unit="hop", leave=False)
     parts = [log_weights(model, model.scaler(y[s : s + per_batch]).to(dev), m, gen, steps,
                          bar.update if bar else None).cpu() for s in starts]

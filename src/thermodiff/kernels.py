@@ -1,129 +1,193 @@
-"""One hop of the chain as a distribution: the forward kernel q(x_t | x_s) and the
-model's reverse kernel p(x_s | x_t), for both processes.
+"""One hop of a chain as a distribution: factorised over the data dimensions, a
+diagonal Gaussian (``Normal``) or independent bits given by logits (``Bernoulli``).
 
-The sampler draws from the reverse kernels, the Jarzynski estimate scores forward
-trajectories under both, and the entropy diagnostics read the reverse kernels'
-entropies; all three take their kernels from here, so a chain is built in one place.
-Each kernel is a product over the data dimensions: Bernoullis given by logits
-(binomial process) or a diagonal Gaussian.
+The forward kernels q(x_t | x_s), the posteriors q(x_s | x_t, x_0), the priors and the
+model's reverse kernels p(x_s | x_t) are all kernels, so the bound (a KL between two of
+them), the sampler (a draw), the Jarzynski estimate (log-probabilities) and the entropy
+diagnostics use one set of formulas. Each kernel computes its own log-probability,
+entropy and KL; log-densities, KLs and entropies are in nats, summed over the data
+dimensions, one number per example.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 
-from .model import DiffusionModel
-from .errors import ConfigError
-from .parametrization import binomial_reverse_logits, reverse_kernel, x0_and_eps
-from .processes import binomial
-from .processes.gaussian import LOG_2PI, expand_as, log_normal, sum_dims
+from .tensors import expand_as, sum_dims
+
+LOG_2PI = math.log(2 * math.pi)
 
 
-@dataclass(frozen=True)
+# ----------------------------------------------------------------------------- Gaussian math
+
+
+def log_normal(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """log N(x; mean, diag(var)) summed over dimensions, in nats.
+
+    Shapes: x, mean (B, *D); var (B,) or (B, *D) -> (B,).
+    """
+    var = expand_as(var, x).expand_as(x)
+    return -0.5 * sum_dims(LOG_2PI + torch.log(var) + (x - mean) ** 2 / var)
+
+
+def kl_normal(mean_q, var_q, mean_p, var_p) -> torch.Tensor:
+    """KL(N(mean_q, diag var_q) || N(mean_p, diag var_p)) summed over dimensions, nats.
+
+    Shapes: means (B, *D); variances (B,) or (B, *D) -> (B,).
+    """
+    var_q = expand_as(var_q, mean_q).expand_as(mean_q)
+    var_p = expand_as(var_p, mean_q).expand_as(mean_q)
+    ratio = var_q / var_p
+    return 0.5 * sum_dims(ratio - 1 - torch.log(ratio) + (mean_q - mean_p) ** 2 / var_p)
+
+
+# ----------------------------------------------------------------------------- Bernoulli math
+
+
+def sample_bernoulli(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Draw bits from Bernoulli distributions given by logits.
+
+    Shapes: logits (B, *D) -> (B, *D) float32, values 0 / 1.
+    """
+    u = torch.rand(logits.shape, generator=generator, dtype=torch.float64).to(logits.device)
+    return (u < torch.sigmoid(logits.to(torch.float64))).to(torch.float32)
+
+
+def log_bernoulli(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """log B(x; sigmoid(logits)) summed over dimensions, nats.
+
+    Shapes: x, logits (B, *D) -> (B,) float64.
+    """
+    logits = logits.to(torch.float64)
+    x = x.to(torch.float64)
+    return sum_dims(x * F.logsigmoid(logits) + (1 - x) * F.logsigmoid(-logits))
+
+
+def _xlogp(p: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """p * log p' with the convention 0 * log 0 = 0 (and 0 * -inf = 0)."""
+    return torch.where(p > 0, p * logp, torch.zeros_like(p))
+
+
+def kl_bernoulli(logits_q: torch.Tensor, logits_p: torch.Tensor) -> torch.Tensor:
+    """KL(B(q) || B(p)) summed over dimensions, nats, both given as logits.
+
+    Shapes: logits_q, logits_p (B, *D) -> (B,) float64.
+    """
+    lq, lp = logits_q.to(torch.float64), logits_p.to(torch.float64)
+    q1, q0 = torch.sigmoid(lq), torch.sigmoid(-lq)
+    kl = _xlogp(q1, F.logsigmoid(lq) - F.logsigmoid(lp)) + _xlogp(q0, F.logsigmoid(-lq) - F.logsigmoid(-lp))
+    return sum_dims(kl)
+
+
+def entropy_bernoulli(logits: torch.Tensor) -> torch.Tensor:
+    """H(B(sigmoid(logits))) summed over dimensions, nats.
+
+    Shapes: logits (B, *D) -> (B,) float64.
+    """
+    lg = logits.to(torch.float64)
+    return -sum_dims(_xlogp(torch.sigmoid(lg), F.logsigmoid(lg)) + _xlogp(torch.sigmoid(-lg), F.logsigmoid(-lg)))
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
 class Kernel:
-    """A factorised distribution over x given per example: Bernoulli logits, or a
-    Gaussian mean and variance (variance per example or per dimension). A reverse
-    kernel built from a network output also carries the network's x_0 prediction
-    (x0-logits for binary data), which conditioning uses."""
+    """A factorised distribution over x, one per example. A reverse kernel built from a
+    network output also carries the network's x_0 prediction (``x0``: data for
+    Gaussian kernels, logits of P(x_0 = 1 | x_t) for Bernoulli ones), which
+    conditioning uses; None where the parametrisation has none.
 
-    logits: torch.Tensor | None = None  # (B, *D) float64
-    mean: torch.Tensor | None = None  # (B, *D)
-    var: torch.Tensor | None = None  # (B,) or (B, *D)
-    x0: torch.Tensor | None = None  # (B, *D)
+    Shapes: every method's per-example results are (B,) float64; draws are (B, *D).
+    """
+
+    x0: torch.Tensor | None
+
+    def sample(self, generator: torch.Generator) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def entropy(self) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def kl(self, other: "Kernel") -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
 
     def take(self, index: torch.Tensor) -> "Kernel":
         """The kernel of the rows in index (e.g. after resampling). Shapes: index (B',) -> over (B', *D)."""
-        pick = lambda v: None if v is None else v[index]  # noqa: E731
-        return Kernel(logits=pick(self.logits), mean=pick(self.mean), var=pick(self.var), x0=pick(self.x0))
+        fields = {k: (None if v is None else v[index]) for k, v in vars(self).items()}
+        return replace(self, **fields)
+
+
+@dataclass(frozen=True)
+class Normal(Kernel):
+    """N(mean, diag(var)), var per example (B,) or per dimension (B, *D)."""
+
+    mean: torch.Tensor  # (B, *D)
+    var: torch.Tensor  # (B,) or (B, *D)
+    x0: torch.Tensor | None = None  # (B, *D)
 
     def sample(self, generator: torch.Generator) -> torch.Tensor:
-        """One draw. Shapes: -> (B, *D) (binary draws are float32, Gaussian draws keep
-        the mean's dtype)."""
-        if self.logits is not None:
-            return binomial.sample_bernoulli(self.logits, generator)
+        """One draw, in the mean's dtype. Shapes: -> (B, *D)."""
         noise = torch.randn(self.mean.shape, generator=generator).to(self.mean.device)
         return self.mean + expand_as(self.var.sqrt(), self.mean) * noise.to(self.mean.dtype)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """log density (Gaussian) or log probability (binary) of x, nats.
-        Shapes: x (B, *D) -> (B,) float64."""
-        if self.logits is not None:
-            return binomial.log_bernoulli(x, self.logits)
+        """log density of x, nats. Shapes: x (B, *D) -> (B,) float64."""
         return log_normal(x.to(torch.float64), self.mean.to(torch.float64), self.var.to(torch.float64))
 
     def entropy(self) -> torch.Tensor:
         """Entropy, nats. Shapes: -> (B,) float64."""
-        if self.logits is not None:
-            return binomial.entropy_bernoulli(self.logits)
         var = expand_as(self.var.to(torch.float64), self.mean).expand(self.mean.shape)
         return 0.5 * sum_dims(1 + LOG_2PI + torch.log(var))
 
-
-def forward_kernel(model: DiffusionModel, x_s: torch.Tensor, abar_s: torch.Tensor, abar_t: torch.Tensor) -> Kernel:
-    """q(x_t | x_s) for s < t: keep fraction a = abar_t / abar_s of the signal.
-
-    Gaussian N(sqrt(a) x_s, (1 - a) I); binomial B(x_s a + (1 - a) / 2).
-
-    Shapes: x_s (B, *D), abar_s, abar_t (B,) float64 -> Kernel over (B, *D).
-    """
-    if model.binomial:
-        return Kernel(logits=binomial.forward_logits(x_s, abar_s, abar_t))
-    a = abar_t / abar_s
-    return Kernel(mean=expand_as(a.sqrt(), x_s) * x_s, var=1 - a)
+    def kl(self, other: "Normal") -> torch.Tensor:
+        """KL(self || other), nats, in the tensors' own precision. Shapes: -> (B,)."""
+        return kl_normal(self.mean, self.var, other.mean, other.var)
 
 
-def reverse_step(model: DiffusionModel, x_t: torch.Tensor, t: torch.Tensor, abar_s: torch.Tensor,
-                 abar_t: torch.Tensor) -> Kernel:
-    """The model's p(x_s | x_t) for s < t; the decoder p(x_0 | x_1) when abar_s = 1.
+@dataclass(frozen=True)
+class Bernoulli(Kernel):
+    """Independent bits with P(x_i = 1) = sigmoid(logits_i); float64 logits keep a nearly
+    deterministic kernel's small probability to full relative precision, and +-inf is
+    a delta."""
 
-    A ``paper`` decoder is the last forward kernel's reversal under pi (App. B.2):
-    N(sqrt(abar_1) x_1, beta_1 I) for the Gaussian process, the forward kernel itself
-    for the binomial one. Otherwise the network's output at (x_t, t) gives the kernel
-    through ``parametrization``. x_t may be float64 (a chain kept in double precision);
-    the network sees it in its own dtype, the kernel is built from the float64 values.
+    logits: torch.Tensor  # (B, *D) float64
+    x0: torch.Tensor | None = None  # (B, *D) logits of P(x_0 = 1 | x_t)
 
-    Shapes: x_t (B, *D), t (B,) network times, abar_s, abar_t (B,) float64 -> Kernel.
-    """
-    decoder = bool((abar_s >= 1).all())
-    if decoder and model.spec.decoder == "paper":
-        if model.binomial:
-            return Kernel(logits=binomial.forward_logits(x_t, abar_s, abar_t))
-        return Kernel(mean=expand_as(abar_t.sqrt(), x_t) * x_t, var=1 - abar_t)
-    net_dtype = next(model.parameters()).dtype
-    out = model(x_t.to(net_dtype), t)
-    if model.binomial:
-        logits, x0_logits = binomial_reverse_logits(model.spec.parametrization, out, x_t, abar_s, abar_t)
-        return Kernel(logits=logits, x0=x0_logits)
-    mean, var, x0_hat = reverse_kernel(model.spec.parametrization, model.spec.variance, out, x_t, abar_s, abar_t)
-    return Kernel(mean=mean, var=var, x0=x0_hat)
+    def sample(self, generator: torch.Generator) -> torch.Tensor:
+        """One draw, float32 0 / 1. Shapes: -> (B, *D)."""
+        return sample_bernoulli(self.logits, generator)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log probability of the bits x, nats. Shapes: x (B, *D) -> (B,) float64."""
+        return log_bernoulli(x, self.logits)
+
+    def entropy(self) -> torch.Tensor:
+        """Entropy, nats. Shapes: -> (B,) float64."""
+        return entropy_bernoulli(self.logits)
+
+    def kl(self, other: "Bernoulli") -> torch.Tensor:
+        """KL(self || other), nats. Shapes: -> (B,) float64."""
+        return kl_bernoulli(self.logits, other.logits)
 
 
-def ddim_step(model: DiffusionModel, x_t: torch.Tensor, t: torch.Tensor, abar_s: torch.Tensor,
-              abar_t: torch.Tensor, eta: float) -> Kernel:
-    """The DDIM kernel (Song et al. 2021, eq. 12) for a hop s < t:
+def ddim(x0: torch.Tensor, eps: torch.Tensor, abar_s: torch.Tensor, abar_t: torch.Tensor, eta: float) -> Normal:
+    """The DDIM kernel (Song et al. 2021, eq. 12) for a hop s < t from a prediction:
     N(sqrt(abar_s) x0_hat + sqrt(1 - abar_s - sigma^2) eps_hat, sigma^2) with
     sigma^2 = eta^2 (1 - abar_s) / (1 - abar_t) (1 - abar_t / abar_s), the posterior's
     variance times eta^2. eta = 1 is the ancestral kernel with fixed-small variance;
     eta = 0 is deterministic given x_T, which keeps samples sharp with few hops. At the
     last hop (abar_s = 1) it is a delta at x0_hat; the sampler uses the model's decoder
-    there. Gaussian eps / x0 / v models only.
+    there.
 
-    Shapes: x_t (B, *D), t, abar_s, abar_t (B,) -> Kernel over (B, *D).
+    Shapes: x0, eps (B, *D), abar_s, abar_t (B,) -> Normal over (B, *D).
     """
-    if model.binomial or model.spec.parametrization == "paper":
-        raise ConfigError("DDIM (eta) needs a Gaussian model that predicts eps, x0 or v")
-    net_dtype = next(model.parameters()).dtype
-    out = model(x_t.to(net_dtype), t)
-    x0_hat, eps_hat = x0_and_eps(model.spec.parametrization, out[:, 0], x_t, abar_t)
     var = eta**2 * (1 - abar_s) / (1 - abar_t) * (1 - abar_t / abar_s)
-    mean = expand_as(abar_s.sqrt(), x0_hat) * x0_hat + expand_as((1 - abar_s - var).clamp_min(0).sqrt(), x0_hat) * eps_hat
-    return Kernel(mean=mean, var=var, x0=x0_hat)
-
-
-def log_prior(model: DiffusionModel, x: torch.Tensor) -> torch.Tensor:
-    """log pi(x_T): N(0, I) or B(1/2) per dimension, nats. Shapes: x (B, *D) -> (B,) float64."""
-    from .processes import gaussian
-
-    return (binomial if model.binomial else gaussian).log_prior(x.to(torch.float64)).to(torch.float64)
+    mean = expand_as(abar_s.sqrt(), x0) * x0 + expand_as((1 - abar_s - var).clamp_min(0).sqrt(), x0) * eps
+    return Normal(mean=mean, var=var, x0=x0)

@@ -19,22 +19,9 @@ from dataclasses import dataclass
 import torch
 
 from .model import DiffusionModel
+from .tensors import expand_as, sum_dims
 from .time_sampler import TimeSampler
 from .units import LN2, bits
-from .parametrization import binomial_reverse_logits, reverse_kernel, x0_and_eps
-from .processes import binomial
-from .processes.gaussian import (
-    expand_as,
-    forward_decoder_nll,
-    kl_normal,
-    log_normal,
-    log_prior,
-    posterior,
-    prior_kl,
-    q_sample,
-    sum_dims,
-)
-
 
 
 @dataclass(frozen=True)
@@ -57,39 +44,20 @@ class BoundTerms:
         return self.prior + self.diffusion + self.reconstruction
 
 
-def draw_noise(model: DiffusionModel, shape, generator: torch.Generator, device) -> torch.Tensor:
-    """The randomness behind one draw of x_t ~ q(x_t | x_0): standard normal eps for the
-    Gaussian process, uniforms in [0, 1) for the binomial one (see each q_sample).
-
-    Shapes: shape (B, *D) -> (B, *D) on device.
-    """
-    if model.binomial:
-        return torch.rand(shape, generator=generator, dtype=torch.float64).to(device)
-    return torch.randn(shape, generator=generator).to(device)
-
-
-def kl_term(model: DiffusionModel, x0, i, eps, detach_mean: bool = False) -> torch.Tensor:
+def kl_term(model: DiffusionModel, x0, i, noise, detach_mean: bool = False) -> torch.Tensor:
     """KL(q(x_{i-1} | x_i, x_0) || p(x_{i-1} | x_i)) at one sampled x_i, nats (discrete time).
 
-    eps is the noise from ``draw_noise``. detach_mean stops the gradient through the
+    noise is the process's (``process.noise``): the posterior and the reverse kernel are
+    the same kernels the sampler draws from. detach_mean stops the gradient through the
     kernel's mean (the hybrid objective trains only the variance on the bound).
 
-    Shapes: x0, eps (B, *D), i (B,) long in 2..T -> (B,).
+    Shapes: x0, noise (B, *D), i (B,) long in 2..T -> (B,).
     """
     abar = model.schedule.abar()
     abar_t, abar_s = abar[i], abar[i - 1]
-    if model.binomial:
-        x_t = binomial.q_sample(x0, abar_t, eps)
-        out = model(x_t, i.to(torch.float64) / model.schedule.T)
-        logits_p, _ = binomial_reverse_logits(model.spec.parametrization, out, x_t, abar_s, abar_t)
-        return binomial.kl_bernoulli(binomial.posterior_logits(x_t, x0, abar_s, abar_t), logits_p)
-    x_t = q_sample(x0, abar_t, eps)
-    out = model(x_t, i.to(torch.float64) / model.schedule.T)
-    if detach_mean:
-        out = torch.cat([out[:, :1].detach(), out[:, 1:]], dim=1)
-    mean_p, var_p, _ = reverse_kernel(model.spec.parametrization, model.spec.variance, out, x_t, abar_s, abar_t)
-    mean_q, var_q = posterior(x_t, x0, abar_s, abar_t)
-    return kl_normal(mean_q, var_q, mean_p, var_p)
+    x_t = model.process.q_sample(x0, abar_t, noise)
+    p = model.reverse(x_t, i.to(torch.float64) / model.schedule.T, abar_s, abar_t, detach_mean=detach_mean)
+    return model.process.posterior(x_t, x0, abar_s, abar_t).kl(p)
 
 
 def diffusion_integrand(model: DiffusionModel, x0, t, eps) -> torch.Tensor:
@@ -108,9 +76,8 @@ def diffusion_integrand(model: DiffusionModel, x0, t, eps) -> torch.Tensor:
     """
     gamma, dgamma = model.schedule.gamma_and_derivative(t, create_graph=torch.is_grad_enabled())
     abar_t = torch.sigmoid(-gamma)
-    x_t = q_sample(x0, abar_t, eps)
-    out = model(x_t, t)
-    _, eps_hat = x0_and_eps(model.spec.parametrization, out[:, 0], x_t, abar_t)
+    x_t = model.process.q_sample(x0, abar_t, eps)
+    eps_hat = model.predict(x_t, t, abar_t=abar_t).eps
     eps_ref = expand_as((1 - abar_t).sqrt(), x_t) * x_t
     # |e - a|^2 - |e - b|^2 = (b - a).(2e - a - b): no cancellation of two large squares.
     diff = sum_dims(((eps_ref - eps_hat) * (2 * eps - eps_hat - eps_ref)).to(torch.float64))
@@ -137,37 +104,27 @@ def reference_diffusion(x0, gamma_lo, gamma_hi) -> torch.Tensor:
     return 0.5 * (x0[0].numel() * (f_hi - f_lo) + sq * (g_hi - g_lo))
 
 
-def reconstruction_term(model: DiffusionModel, x0, eps) -> torch.Tensor:
+def reconstruction_term(model: DiffusionModel, x0, noise) -> torch.Tensor:
     """-E_q log p(x_0 | x_1), nats.
 
     ``paper`` decoder: the last step fixed to the forward kernel (App. B.2), analytic.
     ``learned`` decoder: the reverse kernel at the first step, one MC sample of x_1.
 
-    Shapes: x0, eps (B, *D) -> (B,) float64.
+    Shapes: x0, noise (B, *D) -> (B,) float64.
     """
     b = x0.shape[0]
-    abar_1 = model.abar_first().expand(b)
-    t_1 = (torch.zeros(b) if model.continuous else torch.full((b,), 1.0 / model.schedule.T)).to(x0.device)
-    if model.binomial:
-        if model.spec.decoder == "paper":
-            return binomial.forward_decoder_nll(x0, abar_1)
-        x_1 = binomial.q_sample(x0, abar_1, eps)
-        logits, _ = binomial_reverse_logits(model.spec.parametrization, model(x_1, t_1), x_1, torch.ones_like(abar_1), abar_1)
-        return -binomial.log_bernoulli(x0, logits)
+    abar_1 = model.schedule.abar_first().expand(b)
     if model.spec.decoder == "paper":
-        return forward_decoder_nll(x0, abar_1)
-    x_1 = q_sample(x0, abar_1, eps)
-    out = model(x_1, t_1)
-    mean, var, _ = reverse_kernel(
-        model.spec.parametrization, model.spec.variance, out, x_1, torch.ones_like(abar_1), abar_1
-    )
-    return -log_normal(x0, mean, var).to(torch.float64)
+        return model.process.fixed_decoder_nll(x0, abar_1)
+    x_1 = model.process.q_sample(x0, abar_1, noise)
+    t_1 = torch.full((b,), model.schedule.t_first).to(x0.device)
+    return -model.reverse(x_1, t_1, torch.ones_like(abar_1), abar_1).log_prob(x0)
 
 
 def prior_term(model: DiffusionModel, x0) -> torch.Tensor:
     """KL(q(x_T | x_0) || pi), nats. Shapes: x0 (B, *D) -> (B,) float64."""
-    abar_T = model.abar_last().expand(x0.shape[0])
-    return (binomial.prior_kl if model.binomial else prior_kl)(x0.to(torch.float64), abar_T)
+    abar_T = model.schedule.abar_last().expand(x0.shape[0])
+    return model.process.prior_kl(x0.to(torch.float64), abar_T)
 
 
 def bound_terms(model: DiffusionModel, x0: torch.Tensor, n_t: int, generator: torch.Generator, sampler=None) -> BoundTerms:
@@ -183,13 +140,14 @@ def bound_terms(model: DiffusionModel, x0: torch.Tensor, n_t: int, generator: to
     """
     b = x0.shape[0]
     dev = x0.device
-    if model.continuous:
+    noise = model.process.noise
+    if model.schedule.continuous:
         sampler = sampler or TimeSampler(n_t)
         k = sampler.n_bins
         u = (torch.arange(n_t, dtype=torch.float64) + torch.rand(b, n_t, generator=generator, dtype=torch.float64)) / n_t
         bins, pos, weight = sampler.quantile(u.reshape(-1))
         t = ((bins + pos) / k).to(dev)
-        eps = torch.randn((b * n_t,) + x0.shape[1:], generator=generator).to(dev)
+        eps = noise((b * n_t,) + x0.shape[1:], generator, dev)
         resid = diffusion_integrand(model, x0.repeat_interleave(n_t, 0), t, eps) * weight.to(dev) / n_t
         edges = model.schedule.gamma(torch.linspace(0, 1, k + 1, dtype=torch.float64, device=dev))
         vals = reference_diffusion(x0, edges[:-1], edges[1:])  # (B, k), exact
@@ -212,10 +170,10 @@ def bound_terms(model: DiffusionModel, x0: torch.Tensor, n_t: int, generator: to
             i = (lo + (u * width).floor()).long().to(dev) + 2
             weight = width.to(dev)
             centres = (lo + 2 + (width - 1) / 2) / T  # middle step of each stratum
-        eps = draw_noise(model, (b * n,) + x0.shape[1:], generator, dev)
+        eps = noise((b * n,) + x0.shape[1:], generator, dev)
         kl = kl_term(model, x0.repeat_interleave(n, 0), i.reshape(-1), eps).reshape(b, n)
         vals = kl.to(torch.float64) * weight
-    eps0 = draw_noise(model, x0.shape, generator, dev)
+    eps0 = noise(x0.shape, generator, dev)
     return BoundTerms(
         prior=prior_term(model, x0),
         diffusion=vals.sum(1),
@@ -246,7 +204,8 @@ def evaluate(
     model.eval()
     dev = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
-    per_batch = max(1, batch_size // max(1, min(n_t, _max_columns(model))))
+    # Discrete time evaluates at most the T - 1 steps per example.
+    per_batch = max(1, batch_size // max(1, min(n_t, (model.schedule.n_steps or 10**9) - 1)))
     chunks = range(0, y.shape[0], per_batch)
     if progress:
         from tqdm import tqdm
@@ -263,10 +222,6 @@ def evaluate(
         per_t=torch.cat([p.per_t.cpu() for p in parts]),
         t=parts[0].t,
     )
-
-
-def _max_columns(model: DiffusionModel) -> int:
-    return 10**9 if model.continuous else model.schedule.T - 1
 
 
 def summarize(model: DiffusionModel, terms: BoundTerms, y: torch.Tensor) -> dict:
@@ -288,10 +243,7 @@ def summarize(model: DiffusionModel, terms: BoundTerms, y: torch.Tensor) -> dict
     d = model.n_dims
     k_scaled = -terms.nll
     log_det = model.scaler.log_det(d)
-    if model.binomial:
-        l_null = binomial.log_null(y, model.null_rate)
-    else:
-        l_null = log_prior(model.scaler(y).to(torch.float64))
+    l_null = model.null_log_likelihood(y)
     k_scaled_bits = float(bits(k_scaled.mean()))
     k_bits = k_scaled_bits + log_det / LN2
     l_null_bits = float(bits(l_null.mean()))

@@ -1,21 +1,29 @@
-"""The trained object: a network, a schedule, a parametrisation and the data's affine map.
+"""The trained object: a network, a schedule, a parametrisation, a forward process and
+the data's affine map.
 
-``DiffusionModel`` is the one callable every sampler, loss and likelihood takes:
-``model(x_t, t)`` returns the network output for noisy data x_t at times t, shaped
-(B, C, *D) with C output channels per data dimension. Everything else about the
-reverse process (kernel means, variances, x0 predictions) is derived from it by
-``parametrization.reverse_kernel`` in one place.
+``DiffusionModel`` is the one object every sampler, loss and likelihood takes. Its
+``forward(x_t, t, cond)`` is the one place the network is called (the raw output,
+shaped (B, C, *D)); ``predict`` turns that output into a typed
+``parametrization.Prediction`` and ``reverse`` into the reverse kernel p(x_s | x_t).
+Nothing else interprets the network's output. What depends on the forward process
+is asked of ``model.process`` (``processes``), what depends on time of
+``model.schedule`` (``schedules``), and what depends on the parametrisation of
+``model.param``.
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from . import parametrization, processes
+from .data import check_finite
 from .errors import ConfigError, DataError
+from .kernels import Kernel
+from .nets import build_net
+from .parametrization import Prediction
 from .schedules import ContinuousSchedule, DiscreteSchedule
 
 
@@ -67,17 +75,16 @@ class ModelSpec:
     decoder: str = "paper"  # paper: last step fixed to the forward kernel; learned
 
 
-PROCESSES = ("gaussian", "binomial")
-
-
 class DiffusionModel(nn.Module):
     """Network + schedule + parametrisation + data scaling, for one forward process.
 
     process: ``gaussian`` (continuous data, scaled by the fitted affine map) or
     ``binomial`` (binary data, never scaled; the model keeps the training data's mean
-    rate of ones for the null model L_null).
-    Time: for a discrete schedule of T steps, step i is fed to the network as t = i / T;
-    for a continuous schedule t is in [0, 1] and the first latent sits at t = 0.
+    rate of ones for the null model L_null), or a process object.
+    Time: the network sees t in [0, 1]; step i of a discrete schedule is t = i / T, and
+    in continuous time the first latent sits at t = 0 (``schedules``).
+    cond: an optional conditioning input (labels, or None) passed through to the
+    network; None calls the network as net(x, t).
     """
 
     def __init__(
@@ -86,70 +93,62 @@ class DiffusionModel(nn.Module):
         schedule: DiscreteSchedule | ContinuousSchedule,
         spec: ModelSpec,
         data_shape: tuple[int, ...],
-        channels: int,
-        process: str = "gaussian",
+        channels: int | None = None,
+        process="gaussian",
     ):
         super().__init__()
-        # Autocast dtype for the network (training only; see train.precision). None: off.
-        self.net_dtype: torch.dtype | None = None
-        if process not in PROCESSES:
-            raise ConfigError(f"unknown process kind {process!r}; choose one of {', '.join(PROCESSES)}")
-        self.process = process
-        self.net = net
-        self.schedule = schedule
-        self.spec = spec
-        self.data_shape = tuple(data_shape)
-        self.channels = channels
-        self.scaler = AffineScaler(self.data_shape)
-        if process == "binomial":
-            if self.continuous:
-                raise ConfigError("the binomial process is discrete: set process.time = 'discrete'")
-            # The null model's rate of ones (paper: L_null of the heartbeat data at p = 0.2).
-            self.register_buffer("null_rate", torch.full((), 0.5, dtype=torch.float64))
-        elif self.continuous and (spec.parametrization == "paper" or spec.variance != "fixed-small"):
+        self.process = processes.get(process) if isinstance(process, str) else process
+        self.param = parametrization.resolve(spec.parametrization, spec.variance, self.process.name)
+        self.process.check_schedule(schedule.continuous, getattr(schedule, "kind", ""))
+        if schedule.continuous and not self.param.continuous_time:
             raise ConfigError(
                 "continuous time needs parametrization eps, x0 or v with variance fixed-small "
                 "(as T -> infinity every other variance converges to it)"
             )
         if spec.decoder not in ("paper", "learned"):
             raise ConfigError(f"unknown decoder {spec.decoder!r}; choose paper or learned")
+        self.net = net
+        self.schedule = schedule
+        self.spec = spec
+        self.data_shape = tuple(data_shape)
+        self.channels = self.param.channels if channels is None else channels
+        self.scaler = AffineScaler(self.data_shape)
+        self.process.register_buffers(self)
 
     @property
-    def binomial(self) -> bool:
-        return self.process == "binomial"
+    def net_dtype(self) -> torch.dtype | None:
+        """The dtype the network computes in now: the autocast dtype where the caller turned
+        autocast on for the parameters' device (train.precision), None otherwise."""
+        device = next(self.parameters()).device.type
+        return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
 
     def check_data(self, y: torch.Tensor, what: str) -> torch.Tensor:
-        """Reject data this model cannot score: NaN or inf, a wrong example shape, and for
-        the binomial process any value but 0 and 1 (one-line DataError naming ``what``).
+        """Reject data this model cannot score: NaN or inf, a wrong example shape, and what
+        the process refuses (binary data for the binomial process), one-line DataError
+        naming ``what``.
 
         Shapes: y (N, *D) -> the same tensor.
         """
-        from .data import check_finite
-        from .processes.binomial import check_binary
-
         check_finite(y, what)
         if tuple(y.shape[1:]) != self.data_shape:
             raise DataError(f"{what}: examples have shape {tuple(y.shape[1:])}, the model was trained on {self.data_shape}")
-        if self.binomial:
-            check_binary(y, what)
-        return y
+        return self.process.check_data(y, what)
 
     @torch.no_grad()
     def fit_data(self, y: torch.Tensor) -> None:
-        """Fit what the model takes from its training data: the affine map (Gaussian), or
-        the null model's rate of ones (binomial; binary data are never rescaled).
+        """Fit what the model takes from its training data (the process decides: the affine
+        map for the Gaussian process, the null model's rate of ones for the binomial one).
 
         Shapes: y (N, *D) in the data's own units.
         """
-        if self.binomial:
-            rate = y.to(torch.float64).mean().clamp(1e-6, 1 - 1e-6)  # keep L_null finite
-            self.null_rate.copy_(rate)
-        else:
-            self.scaler.fit(y)
+        self.process.fit_data(self, y)
 
-    @property
-    def continuous(self) -> bool:
-        return isinstance(self.schedule, ContinuousSchedule)
+    def null_log_likelihood(self, y: torch.Tensor) -> torch.Tensor:
+        """L_null per example (the process's null model on scaled data), nats.
+
+        Shapes: y (N, *D) data units -> (N,) float64.
+        """
+        return self.process.null_log_likelihood(self, self.scaler(y))
 
     @property
     def n_dims(self) -> int:
@@ -158,57 +157,74 @@ class DiffusionModel(nn.Module):
             n *= s
         return n
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The network output for noisy data at times t.
+    # -- the network, and what its output means -------------------------------------
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        """The network output for noisy data at times t: the one place the network is called.
+
+        Under the caller's autocast (training on CUDA in bf16) the network computes in
+        reduced precision and its output comes back in x_t's dtype; the schedule, the
+        kernels and the bound never see bf16.
 
         Shapes: x_t (B, *D), t (B,) in [0, 1] -> (B, C, *D).
         """
         b = x_t.shape[0]
-        # Mixed precision for the network alone: convolutions and matmuls run in
-        # net_dtype, while the schedule, the KL terms and the bound stay in float32/64.
-        precision = nullcontext() if self.net_dtype is None else torch.autocast(x_t.device.type, dtype=self.net_dtype)
-        with precision:
-            out = self.net(x_t.reshape(b, -1), t.to(x_t.dtype))
-        if self.net_dtype is not None:
-            out = out.to(x_t.dtype)  # back from the autocast dtype
+        x, tt = x_t.reshape(b, -1), t.to(x_t.dtype)
+        out = self.net(x, tt) if cond is None else self.net(x, tt, cond)
+        if out.dtype in (torch.bfloat16, torch.float16):
+            out = out.to(x_t.dtype)
         return out.reshape((b, self.channels) + self.data_shape)
 
-    # -- the schedule as seen by the bound and the samplers -------------------------
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond=None, abar_t: torch.Tensor | None = None,
+                detach_mean: bool = False) -> Prediction:
+        """The network's prediction at (x_t, t): x0, eps (and v, score) where defined.
+
+        x_t may be float64 (a chain kept in double precision): the network sees it in its
+        own dtype, the prediction is built from the given values. abar_t: the signal
+        fraction at t where the caller holds it (with its gradient, for a learned
+        schedule); else the schedule's. detach_mean stops the gradient through the mean
+        channel (the hybrid objective trains only the variance on the bound).
+
+        Shapes: x_t (B, *D), t (B,), abar_t (B,) float64 -> Prediction over (B, *D).
+        """
+        out = self(x_t.to(next(self.parameters()).dtype), t, cond)
+        if detach_mean:
+            out = torch.cat([out[:, :1].detach(), out[:, 1:]], dim=1)
+        return self.param.predict(out, x_t, self.schedule.abar(t) if abar_t is None else abar_t)
+
+    def reverse(self, x_t: torch.Tensor, t: torch.Tensor, abar_s: torch.Tensor, abar_t: torch.Tensor, cond=None,
+                detach_mean: bool = False) -> Kernel:
+        """The model's p(x_s | x_t) for s < t; the decoder p(x_0 | x_1) when abar_s = 1.
+
+        A ``paper`` decoder is the process's fixed last step (App. B.2); otherwise the
+        kernel comes from the prediction through the parametrisation.
+
+        Shapes: x_t (B, *D), t (B,) network times, abar_s, abar_t (B,) float64 -> Kernel.
+        """
+        if self.spec.decoder == "paper" and bool((abar_s >= 1).all()):
+            return self.process.fixed_decoder(x_t, abar_t)
+        pred = self.predict(x_t, t, cond, abar_t, detach_mean)
+        return self.param.reverse(pred, x_t, abar_s, abar_t)
+
+    def time_grid(self, steps: int | None = None) -> torch.Tensor:
+        """Network times of the chain's latents, first to last (``schedule.grid``); a
+        kernel defined per step (the paper's) refuses a respaced chain.
+
+        Shapes: returns (n,) float64.
+        """
+        T = self.schedule.n_steps
+        if self.param.per_step and steps is not None and T is not None and steps < T:
+            raise ConfigError("the paper's kernel is defined per step: sample with all T steps")
+        return self.schedule.grid(steps)
 
     def abar_at(self, t: torch.Tensor) -> torch.Tensor:
-        """Signal fraction at network times t; for discrete time t must be i / T.
-
-        Shapes: t (B,) -> (B,) float64.
-        """
-        if self.continuous:
-            return self.schedule.abar(t)
-        T = self.schedule.T
-        i = torch.round(t.to(torch.float64) * T).long()
-        return self.schedule.abar()[i]
-
-    def abar_first(self) -> torch.Tensor:
-        """abar of the first latent (x_1, or z at t = 0): 1 - beta_1. Shapes: () float64."""
-        if self.continuous:
-            return self.schedule.abar(torch.zeros(1, dtype=torch.float64))[0]
-        return self.schedule.abar()[1]
-
-    def abar_last(self) -> torch.Tensor:
-        """abar of the last latent x_T. Shapes: () float64."""
-        if self.continuous:
-            return self.schedule.abar(torch.ones(1, dtype=torch.float64))[0]
-        return self.schedule.abar()[-1]
+        """Signal fraction at network times t (``schedule.abar``). Shapes: t (B,) -> (B,) float64."""
+        return self.schedule.abar(t)
 
 
 def build_schedule(cfg) -> DiscreteSchedule | ContinuousSchedule:
     """The schedule a ProcessConfig describes."""
-    if cfg.kind not in PROCESSES:
-        raise ConfigError(f"unknown process kind {cfg.kind!r}; choose one of {', '.join(PROCESSES)}")
-    if cfg.kind == "binomial" and cfg.time != "discrete":
-        raise ConfigError("the binomial process is discrete: set process.time = 'discrete'")
-    if cfg.kind == "binomial" and cfg.schedule == "learned":
-        # Paper 2.4.1: frozen-noise gradient ascent on beta needs a reparametrised x_t;
-        # binary states have none, so the binomial process uses a fixed schedule.
-        raise ConfigError("the binomial process cannot learn its schedule (x_t is discrete); choose binomial, linear or cosine")
+    processes.get(cfg.kind).check_schedule(cfg.time != "discrete", cfg.schedule)
     if cfg.time == "discrete":
         return DiscreteSchedule(cfg.schedule, cfg.T, cfg.beta_1, cfg.beta_start, cfg.beta_end, cfg.cosine_s)
     if cfg.time == "continuous":
@@ -218,9 +234,6 @@ def build_schedule(cfg) -> DiscreteSchedule | ContinuousSchedule:
 
 def build_model(cfg, data_shape: tuple[int, ...]) -> DiffusionModel:
     """A fresh DiffusionModel for a Config and a data shape (scaler not yet fitted)."""
-    from . import parametrization
-    from .nets import build_net
-
     m = cfg.model
     channels = parametrization.output_channels(m.parametrization, m.variance, cfg.process.kind)
     schedule = build_schedule(cfg.process)

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import torch
 
+from . import processes
 from .errors import ConfigError
-from .likelihood import diffusion_integrand, draw_noise, kl_term, prior_term, reconstruction_term, reference_diffusion
+from .likelihood import diffusion_integrand, kl_term, prior_term, reconstruction_term, reference_diffusion
 from .model import DiffusionModel
-from .parametrization import reverse_kernel, target
-from .processes.gaussian import q_sample, sum_dims
+from .tensors import sum_dims
 from .time_sampler import TimeSampler
 
 OBJECTIVES = ("bound", "simple", "hybrid")
@@ -27,8 +27,8 @@ def check_objective(objective: str, parametrization: str, process: str = "gaussi
     """Raise ConfigError for an objective that cannot train this parametrisation."""
     if objective not in OBJECTIVES:
         raise ConfigError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
-    if objective != "bound" and process == "binomial":
-        raise ConfigError(f"objective {objective!r} regresses Gaussian noise; the binomial process trains on the bound")
+    if objective != "bound" and "simple-loss" not in processes.get(process).supports:
+        raise ConfigError(f"objective {objective!r} regresses Gaussian noise; the {process} process trains on the bound")
     if objective != "bound" and parametrization == "paper":
         raise ConfigError(f"objective {objective!r} regresses eps, x0 or v; the paper's kernel trains on the bound")
 
@@ -37,17 +37,7 @@ def make_time_sampler(model: DiffusionModel, t_sampling: str, n_bins: int = 100)
     """Bins: the T - 1 steps 2..T in discrete time, n_bins of [0, 1] in continuous time."""
     if t_sampling not in T_SAMPLING:
         raise ConfigError(f"unknown t_sampling {t_sampling!r}; choose one of {', '.join(T_SAMPLING)}")
-    bins = n_bins if model.continuous else model.schedule.T - 1
-    return TimeSampler(bins, importance=t_sampling == "importance")
-
-
-def _times(model: DiffusionModel, sampler: TimeSampler, batch: int, generator):
-    """Sampled times: step indices (discrete) or t in [0, 1] (continuous), with weights
-    such that E[weight * term] is the diffusion term (sum over steps, or integral)."""
-    bins, u, weight = sampler.sample(batch, generator)
-    if model.continuous:
-        return bins, (bins + u) / sampler.n_bins, weight
-    return bins, bins + 2, weight * sampler.n_bins
+    return TimeSampler(model.schedule.n_bins(n_bins), importance=t_sampling == "importance")
 
 
 def bound_loss(model: DiffusionModel, x0, sampler: TimeSampler, generator, detach_mean: bool = False):
@@ -59,18 +49,22 @@ def bound_loss(model: DiffusionModel, x0, sampler: TimeSampler, generator, detac
     """
     b = x0.shape[0]
     dev = x0.device
-    bins, when, weight = _times(model, sampler, b, generator)
-    eps = draw_noise(model, x0.shape, generator, dev)
-    if model.continuous:
+    bins, pos, weight = sampler.sample(b, generator)
+    # Times: step indices 2..T (discrete, weights scaled from a mean to a sum over steps)
+    # or t in [0, 1] (continuous), so that E[weight * term] is the diffusion term.
+    when, factor = model.schedule.bin_times(bins, pos, sampler.n_bins)
+    weight = weight * factor
+    eps = model.process.noise(x0.shape, generator, dev)
+    sched = model.schedule
+    if sched.continuous:
         term = diffusion_integrand(model, x0, when.to(dev), eps)
-        sched = model.schedule
         known = reference_diffusion(x0, sched.gamma_min, sched.gamma_max)  # the control variate's mean
     else:
         term = kl_term(model, x0, when.to(dev), eps, detach_mean=detach_mean).to(torch.float64)
         known = 0.0
     # The prior and reconstruction terms are kept even where they are constant: they
     # depend on a learned schedule's endpoints, and the loss then reads as -K.
-    eps0 = draw_noise(model, x0.shape, generator, dev)
+    eps0 = model.process.noise(x0.shape, generator, dev)
     loss = prior_term(model, x0) + known + term * weight.to(dev) + reconstruction_term(model, x0, eps0)
     return loss, (bins, term)
 
@@ -80,21 +74,12 @@ def simple_loss(model: DiffusionModel, x0, generator) -> torch.Tensor:
 
     Shapes: x0 (B, *D) -> (B,).
     """
-    b = x0.shape[0]
-    dev = x0.device
-    eps = torch.randn(x0.shape, generator=generator).to(dev)
-    if model.continuous:
-        t = torch.rand(b, generator=generator, dtype=torch.float64).to(dev)
-        abar_t = model.schedule.abar(t).detach()
-    else:
-        T = model.schedule.T
-        i = torch.randint(1, T + 1, (b,), generator=generator).to(dev)
-        t = i.to(torch.float64) / T
-        abar_t = model.schedule.abar().detach()[i]
-    x_t = q_sample(x0, abar_t, eps)
-    out = model(x_t, t)
-    goal = target(model.spec.parametrization, x0, eps, abar_t)
-    return sum_dims((out[:, 0] - goal) ** 2) / out[0, 0].numel()
+    eps = torch.randn(x0.shape, generator=generator).to(x0.device)
+    t, abar_t = model.schedule.uniform_times(x0.shape[0], generator, x0.device)
+    x_t = model.process.q_sample(x0, abar_t, eps)
+    pred = model.predict(x_t, t, abar_t=abar_t)
+    goal = model.param.target(x0, eps, abar_t)
+    return sum_dims((pred.native - goal) ** 2) / pred.native[0].numel()
 
 
 def loss_per_example(model: DiffusionModel, objective: str, x0, sampler, generator, hybrid_lambda: float = 1e-3):
@@ -102,7 +87,7 @@ def loss_per_example(model: DiffusionModel, objective: str, x0, sampler, generat
 
     Shapes: x0 (B, *D) -> loss (B,), and the time sampler's (bins, terms) or None.
     """
-    check_objective(objective, model.spec.parametrization, model.process)
+    check_objective(objective, model.spec.parametrization, model.process.name)
     if objective == "bound":
         return bound_loss(model, x0, sampler, generator)
     if objective == "simple":

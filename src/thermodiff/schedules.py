@@ -11,6 +11,14 @@ negative log signal-to-noise ratio gamma = log((1 - abar) / abar) (VDM's gamma).
   entries with abar_0 = 1 (x_0 is the data itself).
 - ``ContinuousSchedule``: gamma(t) on t in [0, 1], increasing; the first latent is at
   t = 0 with gamma_min, the last at t = 1 with gamma_max (T -> infinity).
+
+One time convention for both: the network sees t in [0, 1] (step i of a discrete
+schedule is t = i / T), and every schedule answers ``abar(t)``, ``log_snr(t)``
+(lambda = log(abar / (1 - abar)) = -gamma), its inverse ``t_of_log_snr``,
+``dlog_snr_dt`` and the chain's time grid ``grid(steps)``. A discrete schedule is
+extended between its steps by interpolating lambda linearly in t, so that an ODE
+solver can ask for any time; at the steps themselves the table is used exactly.
+The conversions between a step index and network time live here and nowhere else.
 """
 
 from __future__ import annotations
@@ -153,9 +161,117 @@ class DiscreteSchedule(nn.Module):
             return torch.cat([self.beta_first, rest])
         return self.fixed_betas
 
-    def abar(self) -> torch.Tensor:
-        """Shapes: returns (T + 1,) float64, abar_0 = 1."""
-        return betas_to_abar(self.betas())
+    continuous = False
+
+    @property
+    def n_steps(self) -> int:
+        """Steps of the chain: T."""
+        return self.T
+
+    def abar(self, t: torch.Tensor | None = None) -> torch.Tensor:
+        """The table abar_0..abar_T, or abar at network times t.
+
+        At t = i / T the table entry itself; between steps the continuous extension
+        (``log_snr``).
+
+        Shapes: t None -> (T + 1,) float64, abar_0 = 1; t (B,) -> (B,) float64.
+        """
+        table = betas_to_abar(self.betas())
+        if t is None:
+            return table
+        pos = t.to(torch.float64) * self.T
+        i = torch.round(pos)
+        exact = table[i.long().clamp(0, self.T)]
+        on_grid = (pos - i).abs() < 1e-6
+        if bool(on_grid.all()):
+            return exact
+        return torch.where(on_grid, exact, gamma_to_abar(-self.log_snr(t)))
+
+    def _log_snr_knots(self) -> torch.Tensor:
+        """lambda at the steps 1..T, decreasing. Shapes: returns (T,) float64."""
+        return -abar_to_gamma(self.abar()[1:])
+
+    def _segment(self, t: torch.Tensor):
+        """The interpolation segment of t: knot k - 1 (step k) and its position past it.
+        Below t = 1 / T the first segment is extrapolated."""
+        pos = t.to(torch.float64) * self.T
+        k = pos.floor().clamp(1, self.T - 1)
+        return k.long(), pos - k
+
+    def log_snr(self, t: torch.Tensor) -> torch.Tensor:
+        """lambda(t), linear in t between the steps (and below step 1). Shapes: t (B,) -> (B,) float64."""
+        lam = self._log_snr_knots()
+        k, frac = self._segment(t)
+        return lam[k - 1] + frac * (lam[k] - lam[k - 1])
+
+    def dlog_snr_dt(self, t: torch.Tensor) -> torch.Tensor:
+        """d lambda / dt of the continuous extension. Shapes: t (B,) -> (B,) float64."""
+        lam = self._log_snr_knots()
+        k, _ = self._segment(t)
+        return (lam[k] - lam[k - 1]) * self.T
+
+    def t_of_log_snr(self, lam: torch.Tensor) -> torch.Tensor:
+        """The inverse of ``log_snr``. Shapes: lam (B,) -> (B,) float64."""
+        knots = self._log_snr_knots()
+        lam = lam.to(torch.float64)
+        j = torch.searchsorted(-knots, -lam).clamp(1, self.T - 1)
+        frac = (lam - knots[j - 1]) / (knots[j] - knots[j - 1])
+        return (j + frac) / self.T
+
+    def grid(self, steps: int | None = None) -> torch.Tensor:
+        """Network times of the chain's latents, first to last: steps 1..T as t = i / T,
+        or ``steps`` of them evenly spaced, always including 1 and T.
+
+        Shapes: returns (n,) float64.
+        """
+        T = self.T
+        if steps is None or steps >= T:
+            return torch.arange(1, T + 1, dtype=torch.float64) / T
+        idx = torch.unique(torch.round(torch.linspace(1, T, steps, dtype=torch.float64)))
+        return idx / T
+
+    @property
+    def t_first(self) -> float:
+        """Network time of the first latent x_1."""
+        return 1.0 / self.T
+
+    def abar_first(self) -> torch.Tensor:
+        """abar_1 = 1 - beta_1. Shapes: () float64."""
+        return self.abar()[1]
+
+    def abar_last(self) -> torch.Tensor:
+        """abar_T. Shapes: () float64."""
+        return self.abar()[-1]
+
+    def abar_before(self, t: torch.Tensor) -> torch.Tensor:
+        """abar one step before each t (the target of that step's reverse kernel).
+        Shapes: t (B,) on the grid -> (B,) float64."""
+        return self.abar()[torch.round(t.to(torch.float64) * self.T).long() - 1]
+
+    def snap(self, t: torch.Tensor) -> torch.Tensor:
+        """The nearest step's time. Shapes: t (B,) -> (B,) float64."""
+        return torch.round(t.to(torch.float64) * self.T) / self.T
+
+    def n_bins(self, t_bins: int) -> int:
+        """Bins of the time sampler: one per step 2..T (t_bins is for continuous time)."""
+        return self.T - 1
+
+    def bin_times(self, bins: torch.Tensor, pos: torch.Tensor, n_bins: int):
+        """Sampled bins as what the bound's diffusion term takes: step indices 2..T, and the
+        factor n_bins that turns a mean over bins into their sum.
+
+        Shapes: bins (B,) long, pos (B,) -> steps (B,) long, float.
+        """
+        return bins + 2, n_bins
+
+    def uniform_times(self, b: int, generator: torch.Generator, device):
+        """Times for DDPM's simple loss: steps uniform in 1..T, as network times, and
+        their abar (no gradient into a learned schedule).
+
+        Shapes: returns t (B,) float64, abar_t (B,) float64.
+        """
+        i = torch.randint(1, self.T + 1, (b,), generator=generator).to(device)
+        return i.to(torch.float64) / self.T, self.abar().detach()[i]
 
 
 class _MonotoneNet(nn.Module):
@@ -251,3 +367,73 @@ class ContinuousSchedule(nn.Module):
     def abar(self, t: torch.Tensor) -> torch.Tensor:
         """Shapes: t (B,) -> (B,) float64."""
         return gamma_to_abar(self.gamma(t))
+
+    # -- the time convention shared with DiscreteSchedule (see the module docstring)
+
+    continuous = True
+    n_steps = None
+
+    def log_snr(self, t: torch.Tensor) -> torch.Tensor:
+        """lambda(t) = -gamma(t). Shapes: t (B,) -> (B,) float64."""
+        return -self.gamma(t)
+
+    def dlog_snr_dt(self, t: torch.Tensor) -> torch.Tensor:
+        """d lambda / dt. Shapes: t (B,) -> (B,) float64."""
+        return -self.gamma_and_derivative(t)[1]
+
+    @torch.no_grad()
+    def t_of_log_snr(self, lam: torch.Tensor, iterations: int = 60) -> torch.Tensor:
+        """The inverse of ``log_snr``, by bisection on [0, 1] (gamma is increasing for every
+        kind, the learned one included); 60 halvings reach float64 resolution.
+
+        Shapes: lam (B,) -> (B,) float64.
+        """
+        target = -lam.to(torch.float64)
+        lo = torch.zeros_like(target)
+        hi = torch.ones_like(target)
+        for _ in range(iterations):
+            mid = (lo + hi) / 2
+            below = self.gamma(mid) < target
+            lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+        return (lo + hi) / 2
+
+    def grid(self, steps: int | None = None) -> torch.Tensor:
+        """``steps`` + 1 network times evenly spaced in [0, 1] (default 1000 hops).
+
+        Shapes: returns (n,) float64.
+        """
+        return torch.linspace(0, 1, (steps or 1000) + 1, dtype=torch.float64)
+
+    t_first = 0.0
+
+    def abar_first(self) -> torch.Tensor:
+        """abar at t = 0. Shapes: () float64."""
+        return self.abar(torch.zeros(1, dtype=torch.float64))[0]
+
+    def abar_last(self) -> torch.Tensor:
+        """abar at t = 1. Shapes: () float64."""
+        return self.abar(torch.ones(1, dtype=torch.float64))[0]
+
+    def abar_before(self, t: torch.Tensor) -> torch.Tensor:
+        """abar a hundredth of the time axis before each t (a reverse hop's target).
+        Shapes: t (B,) -> (B,) float64."""
+        return self.abar((t.to(torch.float64) - 1e-2).clamp_min(0))
+
+    def snap(self, t: torch.Tensor) -> torch.Tensor:
+        """Continuous time has no steps. Shapes: t (B,) -> (B,) float64."""
+        return t.to(torch.float64)
+
+    def n_bins(self, t_bins: int) -> int:
+        """Bins of the time sampler: t_bins equal-width bins of [0, 1]."""
+        return t_bins
+
+    def bin_times(self, bins: torch.Tensor, pos: torch.Tensor, n_bins: int):
+        """Sampled bins and positions as times in [0, 1]; the diffusion integral needs no
+        further factor. Shapes: bins (B,) long, pos (B,) -> t (B,) float64, float."""
+        return (bins + pos) / n_bins, 1.0
+
+    def uniform_times(self, b: int, generator: torch.Generator, device):
+        """Times for DDPM's simple loss: t ~ U[0, 1) and abar(t) (no gradient into a learned
+        schedule). Shapes: returns t (B,) float64, abar_t (B,) float64."""
+        t = torch.rand(b, generator=generator, dtype=torch.float64).to(device)
+        return t, self.abar(t).detach()

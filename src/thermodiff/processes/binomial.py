@@ -21,7 +21,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .gaussian import expand_as, sum_dims
+from ..errors import ConfigError, DataError
+from ..kernels import Bernoulli, entropy_bernoulli, kl_bernoulli, log_bernoulli, sample_bernoulli  # noqa: F401
+from ..tensors import expand_as, sum_dims
 
 LOG2 = math.log(2.0)
 
@@ -44,15 +46,6 @@ def q_sample(x0: torch.Tensor, abar_t: torch.Tensor, u: torch.Tensor) -> torch.T
     """
     p1 = torch.sigmoid(q_logits(x0, abar_t))
     return (u.to(torch.float64) < p1).to(x0.dtype)
-
-
-def sample_bernoulli(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Draw bits from Bernoulli distributions given by logits.
-
-    Shapes: logits (B, *D) -> (B, *D) float32, values 0 / 1.
-    """
-    u = torch.rand(logits.shape, generator=generator, dtype=torch.float64).to(logits.device)
-    return (u < torch.sigmoid(logits.to(torch.float64))).to(torch.float32)
 
 
 def forward_logits(x_s: torch.Tensor, abar_s: torch.Tensor, abar_t: torch.Tensor) -> torch.Tensor:
@@ -96,41 +89,6 @@ def x0_mixture_logits(x0_logits: torch.Tensor, x_t: torch.Tensor, abar_s: torch.
     log_one = torch.logaddexp(w1 + F.logsigmoid(post_if_1), w0 + F.logsigmoid(post_if_0))
     log_zero = torch.logaddexp(w1 + F.logsigmoid(-post_if_1), w0 + F.logsigmoid(-post_if_0))
     return log_one - log_zero
-
-
-def log_bernoulli(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """log B(x; sigmoid(logits)) summed over dimensions, nats.
-
-    Shapes: x, logits (B, *D) -> (B,) float64.
-    """
-    logits = logits.to(torch.float64)
-    x = x.to(torch.float64)
-    return sum_dims(x * F.logsigmoid(logits) + (1 - x) * F.logsigmoid(-logits))
-
-
-def _xlogp(p: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
-    """p * log p' with the convention 0 * log 0 = 0 (and 0 * -inf = 0)."""
-    return torch.where(p > 0, p * logp, torch.zeros_like(p))
-
-
-def kl_bernoulli(logits_q: torch.Tensor, logits_p: torch.Tensor) -> torch.Tensor:
-    """KL(B(q) || B(p)) summed over dimensions, nats, both given as logits.
-
-    Shapes: logits_q, logits_p (B, *D) -> (B,) float64.
-    """
-    lq, lp = logits_q.to(torch.float64), logits_p.to(torch.float64)
-    q1, q0 = torch.sigmoid(lq), torch.sigmoid(-lq)
-    kl = _xlogp(q1, F.logsigmoid(lq) - F.logsigmoid(lp)) + _xlogp(q0, F.logsigmoid(-lq) - F.logsigmoid(-lp))
-    return sum_dims(kl)
-
-
-def entropy_bernoulli(logits: torch.Tensor) -> torch.Tensor:
-    """H(B(sigmoid(logits))) summed over dimensions, nats.
-
-    Shapes: logits (B, *D) -> (B,) float64.
-    """
-    lg = logits.to(torch.float64)
-    return -sum_dims(_xlogp(torch.sigmoid(lg), F.logsigmoid(lg)) + _xlogp(torch.sigmoid(-lg), F.logsigmoid(-lg)))
 
 
 def binary_entropy(p: torch.Tensor) -> torch.Tensor:
@@ -206,8 +164,6 @@ def check_binary(x: torch.Tensor, what: str) -> torch.Tensor:
 
     Shapes: x (N, *D) -> the same tensor.
     """
-    from ..errors import DataError
-
     flat = x.reshape(x.shape[0], -1)
     bad = ~((flat == 0) | (flat == 1)).all(-1)
     if bad.any():
@@ -218,3 +174,82 @@ def check_binary(x: torch.Tensor, what: str) -> torch.Tensor:
             f" ({int(bad.sum())} rows are not binary)"
         )
     return x
+
+
+class BinomialProcess:
+    """The binomial forward process as an object (see ``processes.Process``), for binary
+    data: never rescaled; the model keeps the training data's rate of ones for L_null.
+
+    Shapes: as the module's functions; kernels over (B, *D).
+    """
+
+    name = "binomial"
+    supports = frozenset()  # discrete time, the bound objective, a fixed schedule, ancestral kernels
+
+    def noise(self, shape, generator: torch.Generator, device) -> torch.Tensor:
+        """u ~ U[0, 1), the randomness behind one x_t (``q_sample``). Shapes: -> (B, *D) float64."""
+        return torch.rand(shape, generator=generator, dtype=torch.float64).to(device)
+
+    def q_sample(self, x0, abar_t, noise) -> torch.Tensor:
+        """x_t from x_0 and uniforms. Shapes: x0, noise (B, *D), abar_t (B,) -> (B, *D)."""
+        return q_sample(x0, abar_t, noise)
+
+    def forward(self, x_s, abar_s, abar_t) -> Bernoulli:
+        """q(x_t | x_s) = B(x_s a + (1 - a) / 2). Shapes: x_s (B, *D), abar_s, abar_t (B,) -> Bernoulli."""
+        return Bernoulli(logits=forward_logits(x_s, abar_s, abar_t))
+
+    def posterior(self, x_t, x0, abar_s, abar_t) -> Bernoulli:
+        """q(x_s | x_t, x_0) (``posterior_logits``). Shapes: x_t, x0 (B, *D), abar_s, abar_t (B,) -> Bernoulli."""
+        return Bernoulli(logits=posterior_logits(x_t, x0, abar_s, abar_t))
+
+    def prior(self, shape, device) -> Bernoulli:
+        """pi = B(1/2) per bit. Shapes: shape (B, *D) -> Bernoulli over (B, *D)."""
+        return Bernoulli(logits=torch.zeros(shape, dtype=torch.float64, device=device))
+
+    def log_prior(self, x) -> torch.Tensor:
+        """log pi(x) = -D log 2, nats. Shapes: x (B, *D) -> (B,) float64."""
+        return log_prior(x)
+
+    def prior_kl(self, x0, abar_T) -> torch.Tensor:
+        """KL(q(x_T | x_0) || B(1/2)), nats. Shapes: x0 (B, *D), abar_T (B,) -> (B,) float64."""
+        return prior_kl(x0, abar_T)
+
+    def fixed_decoder(self, x_1, abar_1) -> Bernoulli:
+        """The paper's last step: the forward kernel itself, B(x_1 (1 - beta_1) + beta_1 / 2).
+        Shapes: x_1 (B, *D), abar_1 (B,) -> Bernoulli."""
+        return Bernoulli(logits=forward_logits(x_1, torch.ones_like(abar_1), abar_1))
+
+    def fixed_decoder_nll(self, x0, abar_1) -> torch.Tensor:
+        """-E_q log p(x_0 | x_1) under ``fixed_decoder``: D h(beta_1 / 2), nats. Shapes: -> (B,) float64."""
+        return forward_decoder_nll(x0, abar_1)
+
+    def entropy_q_t_given_0(self, abar_t, n_dims: int) -> torch.Tensor:
+        return entropy_q_t_given_0(abar_t, n_dims)
+
+    def register_buffers(self, model) -> None:
+        """The null model's rate of ones (paper: L_null of the heartbeat data at p = 0.2)."""
+        model.register_buffer("null_rate", torch.full((), 0.5, dtype=torch.float64))
+
+    def fit_data(self, model, y: torch.Tensor) -> None:
+        """The training data's rate of ones, kept inside (0, 1) so that L_null stays finite.
+        Shapes: y (N, *D) binary."""
+        model.null_rate.copy_(y.to(torch.float64).mean().clamp(1e-6, 1 - 1e-6))
+
+    def null_log_likelihood(self, model, x: torch.Tensor) -> torch.Tensor:
+        """L_null per example: independent Bernoullis at the training rate, nats.
+        Shapes: x (B, *D) -> (B,) float64."""
+        return log_null(x, model.null_rate)
+
+    def check_data(self, y: torch.Tensor, what: str) -> torch.Tensor:
+        """Binary data (the model checks finiteness and shape). Shapes: y (N, *D) -> the same tensor."""
+        return check_binary(y, what)
+
+    def check_schedule(self, continuous: bool, schedule: str) -> None:
+        """Discrete time and a fixed schedule only."""
+        if continuous:
+            raise ConfigError("the binomial process is discrete: set process.time = 'discrete'")
+        if schedule == "learned":
+            # Paper 2.4.1: frozen-noise gradient ascent on beta needs a reparametrised x_t;
+            # binary states have none, so the binomial process uses a fixed schedule.
+            raise ConfigError("the binomial process cannot learn its schedule (x_t is discrete); "
+                              "choose binomial, linear or cosine")

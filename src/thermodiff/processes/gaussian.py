@@ -11,36 +11,11 @@ dimensions, one number per example. Conversions to bits happen once, in the call
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-LOG_2PI = math.log(2 * math.pi)
-
-
-def expand_as(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Reshape a per-example vector to broadcast against x, in x's dtype.
-
-    Shapes: v (B,) or (B, *D), x (B, *D) -> (B, 1, ..., 1) or (B, *D).
-    """
-    v = v.to(x.dtype)
-    if v.dim() == x.dim():
-        return v
-    return v.reshape(v.shape + (1,) * (x.dim() - v.dim()))
-
-
-def sum_dims(x: torch.Tensor) -> torch.Tensor:
-    """Sum over every dimension but the first.
-
-    Shapes: x (B, *D) -> (B,).
-    """
-    return x.reshape(x.shape[0], -1).sum(-1)
-
-
-def num_dims(x: torch.Tensor) -> int:
-    """Number of data dimensions per example. Shapes: x (B, *D) -> int."""
-    return x[0].numel()
-
+from ..errors import ConfigError
+from ..kernels import LOG_2PI, Normal, kl_normal, log_normal  # noqa: F401  (log_normal: part of this module's math)
+from ..tensors import expand_as, num_dims, sum_dims
 
 def q_mean_var(x0: torch.Tensor, abar_t: torch.Tensor):
     """Moments of q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I).
@@ -75,26 +50,6 @@ def posterior(x_t: torch.Tensor, x0: torch.Tensor, abar_s: torch.Tensor, abar_t:
     mean = expand_as(coef_t, x_t) * x_t + expand_as(coef_0, x0) * x0
     var = (1 - a_ts) * (1 - abar_s) / one_minus_abar_t
     return mean, var
-
-
-def log_normal(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-    """log N(x; mean, diag(var)) summed over dimensions, in nats.
-
-    Shapes: x, mean (B, *D); var (B,) or (B, *D) -> (B,).
-    """
-    var = expand_as(var, x).expand_as(x)
-    return -0.5 * sum_dims(LOG_2PI + torch.log(var) + (x - mean) ** 2 / var)
-
-
-def kl_normal(mean_q, var_q, mean_p, var_p) -> torch.Tensor:
-    """KL(N(mean_q, diag var_q) || N(mean_p, diag var_p)) summed over dimensions, nats.
-
-    Shapes: means (B, *D); variances (B,) or (B, *D) -> (B,).
-    """
-    var_q = expand_as(var_q, mean_q).expand_as(mean_q)
-    var_p = expand_as(var_p, mean_q).expand_as(mean_q)
-    ratio = var_q / var_p
-    return 0.5 * sum_dims(ratio - 1 - torch.log(ratio) + (mean_q - mean_p) ** 2 / var_p)
 
 
 def entropy_normal(var: torch.Tensor, n_dims: int) -> torch.Tensor:
@@ -166,3 +121,78 @@ def paper_entropy_terms(abar_1: torch.Tensor, abar_T: torch.Tensor, n_dims: int)
         - entropy_q_t_given_0(abar_1, n_dims)
         - prior_entropy(n_dims)
     )
+
+
+class GaussianProcess:
+    """The Gaussian forward process as an object: what every feature asks of a process
+    (see ``processes.Process``), for continuous data scaled by the model's affine map.
+
+    Shapes: as the module's functions; kernels over (B, *D).
+    """
+
+    name = "gaussian"
+    # continuous-time: the VDM limit; simple-loss: eps / x0 / v regression (and hybrid);
+    # learned-schedule: a reparametrised x_t (frozen noise); ddim: deterministic hops;
+    # rescaling: data are centred and scaled (binary data never are).
+    supports = frozenset({"continuous-time", "simple-loss", "learned-schedule", "ddim", "rescaling"})
+
+    def noise(self, shape, generator: torch.Generator, device) -> torch.Tensor:
+        """eps ~ N(0, I), the randomness behind one x_t. Shapes: shape (B, *D) -> (B, *D) float32."""
+        return torch.randn(shape, generator=generator).to(device)
+
+    def q_sample(self, x0, abar_t, noise) -> torch.Tensor:
+        """x_t from x_0 and eps. Shapes: x0, noise (B, *D), abar_t (B,) -> (B, *D)."""
+        return q_sample(x0, abar_t, noise)
+
+    def forward(self, x_s, abar_s, abar_t) -> Normal:
+        """q(x_t | x_s) = N(sqrt(a) x_s, (1 - a) I), a = abar_t / abar_s.
+        Shapes: x_s (B, *D), abar_s, abar_t (B,) float64 -> Normal over (B, *D)."""
+        a = abar_t / abar_s
+        return Normal(mean=expand_as(a.sqrt(), x_s) * x_s, var=1 - a)
+
+    def posterior(self, x_t, x0, abar_s, abar_t) -> Normal:
+        """q(x_s | x_t, x_0) (``posterior``). Shapes: x_t, x0 (B, *D), abar_s, abar_t (B,) -> Normal."""
+        mean, var = posterior(x_t, x0, abar_s, abar_t)
+        return Normal(mean=mean, var=var)
+
+    def prior(self, shape, device) -> Normal:
+        """pi = N(0, I). Shapes: shape (B, *D) -> Normal over (B, *D)."""
+        return Normal(mean=torch.zeros(shape, device=device), var=torch.ones(shape[0], device=device))
+
+    def log_prior(self, x) -> torch.Tensor:
+        """log pi(x), nats. Shapes: x (B, *D) -> (B,) float64."""
+        return log_prior(x.to(torch.float64))
+
+    def prior_kl(self, x0, abar_T) -> torch.Tensor:
+        """KL(q(x_T | x_0) || pi), nats. Shapes: x0 (B, *D), abar_T (B,) -> (B,)."""
+        return prior_kl(x0, abar_T)
+
+    def fixed_decoder(self, x_1, abar_1) -> Normal:
+        """The paper's last step, the forward kernel's reversal under pi (App. B.2):
+        N(sqrt(abar_1) x_1, beta_1 I). Shapes: x_1 (B, *D), abar_1 (B,) -> Normal."""
+        return Normal(mean=expand_as(abar_1.sqrt(), x_1) * x_1, var=1 - abar_1)
+
+    def fixed_decoder_nll(self, x0, abar_1) -> torch.Tensor:
+        """-E_q log p(x_0 | x_1) under ``fixed_decoder``, analytic, nats. Shapes: x0 (B, *D) -> (B,)."""
+        return forward_decoder_nll(x0, abar_1)
+
+    def entropy_q_t_given_0(self, abar_t, n_dims: int) -> torch.Tensor:
+        return entropy_q_t_given_0(abar_t, n_dims)
+
+    def register_buffers(self, model) -> None:
+        """Nothing beyond the model's affine map."""
+
+    def fit_data(self, model, y: torch.Tensor) -> None:
+        """Centre and scale (the model's affine map). Shapes: y (N, *D) data units."""
+        model.scaler.fit(y)
+
+    def null_log_likelihood(self, model, x: torch.Tensor) -> torch.Tensor:
+        """L_null per example: log pi(x) on scaled data, nats. Shapes: x (B, *D) scaled -> (B,) float64."""
+        return log_prior(x.to(torch.float64))
+
+    def check_data(self, y: torch.Tensor, what: str) -> torch.Tensor:
+        """Any finite data (the model checks finiteness and shape). Shapes: y (N, *D) -> the same tensor."""
+        return y
+
+    def check_schedule(self, continuous: bool, schedule: str) -> None:
+        """Every kind of time and schedule (the parametrisation has its own limits)."""

@@ -43,9 +43,9 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError, DataError
-from ..kernels import Kernel, forward_kernel
+from ..kernels import Bernoulli, Kernel, Normal
 from ..model import DiffusionModel
-from ..processes.gaussian import expand_as, sum_dims
+from ..tensors import expand_as, sum_dims
 from .ancestral import Plain, sample
 
 METHODS = ("guidance", "product", "clamp", "replace", "start", "smc")
@@ -81,7 +81,7 @@ class Known:
         mask = _broadcast(self.mask, model, "the mask")
         if not ((mask == 0) | (mask == 1)).all():
             raise DataError("the mask must hold only 0 (unknown) and 1 (known)")
-        if model.binomial:
+        if (model.process.name == "binomial"):
             from ..processes.binomial import check_binary
 
             check_binary(torch.where(mask == 1, values, torch.zeros_like(values)).reshape(values.shape[0], -1),
@@ -256,7 +256,7 @@ class Conditioning(Plain):
 
     def start(self, model, n, grid, generator):
         if isinstance(self.condition, Known) and self.method == "smc":
-            if not model.binomial:
+            if not (model.process.name == "binomial"):
                 raise ConfigError("known coordinates of continuous data are a delta, which SMC cannot weight: "
                                   "use clamp or replace, or an observation with small noise")
             # Known bits are bit probabilities of 0 or 1 (1/2 where unknown).
@@ -292,14 +292,14 @@ class Conditioning(Plain):
         return x[rows.to(x.device)]
 
     def _check_process(self, model):
-        if model.binomial and self.method in ("start",):
+        if (model.process.name == "binomial") and self.method in ("start",):
             raise ConfigError(f"method {self.method} is for the Gaussian process")
-        if model.binomial and self.method == "guidance" and not isinstance(self.condition, BitProbabilities):
+        if (model.process.name == "binomial") and self.method == "guidance" and not isinstance(self.condition, BitProbabilities):
             raise ConfigError("guidance on binary data needs bit probabilities (the flip rate of section 2.5)")
-        if not model.binomial and isinstance(self.condition, BitProbabilities):
+        if not (model.process.name == "binomial") and isinstance(self.condition, BitProbabilities):
             raise ConfigError("bit probabilities condition binary data (the binomial process)")
         if isinstance(self.condition, GaussianObservation):
-            if model.binomial:
+            if (model.process.name == "binomial"):
                 raise ConfigError("a Gaussian observation conditions continuous data (the Gaussian process)")
             if self.method == "product" and _is_matrix(self.condition, model):
                 raise ConfigError("method product handles an identity or per-coordinate observation; use guidance or smc for a matrix")
@@ -309,7 +309,7 @@ class Conditioning(Plain):
         y, sigma, _ = self.condition.scaled(model)
         y = _rows(y, n).to(grid.device)
         # The first time whose noise is at least the observation's: (1 - abar) >= abar sigma^2.
-        abar = model.abar_at(grid)
+        abar = model.schedule.abar(grid)
         noisy_enough = (1 - abar) >= abar * sigma**2
         k = int(noisy_enough.nonzero()[0]) if noisy_enough.any() else len(grid) - 1  # else: start at x_T
         a = abar[k]
@@ -326,7 +326,7 @@ class Conditioning(Plain):
         if self.method == "replace":
             for u in range(self.resample):
                 if u > 0:  # RePaint's round trip: back up one hop with the forward kernel
-                    x = forward_kernel(model, x, abar_s, abar_t).sample(generator).to(x.dtype)
+                    x = model.process.forward(x, abar_s, abar_t).sample(generator).to(x.dtype)
                 x = self._replace(model, self.kernel(model, x, t, abar_s, abar_t).sample(generator), abar_s, generator)
             return x
         kernel = self.kernel(model, x, t, abar_s, abar_t)
@@ -337,7 +337,7 @@ class Conditioning(Plain):
         return self._conditioned(model, kernel).sample(generator)
 
     def _replace(self, model, x_s, abar_s, generator):
-        known = forward_kernel(model, self.values, torch.ones_like(abar_s[:1]).expand(self.values.shape[0]),
+        known = model.process.forward(self.values, torch.ones_like(abar_s[:1]).expand(self.values.shape[0]),
                                abar_s).sample(generator)
         return torch.where(self.mask, known.to(x_s.dtype), x_s)
 
@@ -345,9 +345,9 @@ class Conditioning(Plain):
         """The kernel times r: closed form (product), or shifted along grad log r (guidance).
         With abar_s (the SMC proposal), a Gaussian observation enters as r_s below."""
         c = self.condition
-        if kernel.logits is not None:  # binary data: the flip rate c d / (c d + (1 - c)(1 - d))
+        if isinstance(kernel, Bernoulli):  # binary data: the flip rate c d / (c d + (1 - c)(1 - d))
             d = _rows(c.probs(model), kernel.logits.shape[0]).to(kernel.logits.device)
-            return Kernel(logits=kernel.logits + torch.logit(d), x0=kernel.x0)
+            return Bernoulli(logits=kernel.logits + torch.logit(d), x0=kernel.x0)
         if isinstance(c, GaussianObservation) and not _is_matrix(c, model):
             if abar_s is not None:
                 return _gaussian_product(kernel, *self._observation_at(model, abar_s))
@@ -360,7 +360,7 @@ class Conditioning(Plain):
             (grad,) = torch.autograd.grad(c.log_r(model, mu).sum(), mu)
         var = expand_as(kernel.var.to(torch.float64), mu)
         mean = kernel.mean.to(torch.float64) + self.scale * var * grad  # eq. 61
-        return Kernel(mean=mean.to(kernel.mean.dtype), var=kernel.var, x0=kernel.x0)
+        return Normal(mean=mean.to(kernel.mean.dtype), var=kernel.var, x0=kernel.x0)
 
     def _observation_at(self, model, abar):
         """A Gaussian observation seen from x_t: y = (g / sqrt(abar)) x_t + noise of variance
@@ -398,7 +398,7 @@ class Conditioning(Plain):
         known bit, 39% of samples were the one right sequence, against 100% with the
         model's own kernel as proposal, 16 particles each)."""
         c = self.condition
-        return not model.binomial and isinstance(c, GaussianObservation) and not _is_matrix(c, model)
+        return not (model.process.name == "binomial") and isinstance(c, GaussianObservation) and not _is_matrix(c, model)
 
     def _twist(self, model, kernel, x_t, abar_t) -> torch.Tensor:
         """log r_t(x_t), the intermediate target's factor: for a Gaussian observation its
@@ -415,7 +415,7 @@ class Conditioning(Plain):
             return -0.5 * sum_dims(resid**2 / var + torch.log(2 * math.pi * var))
         if kernel.x0 is None:
             return self.twist
-        if model.binomial:
+        if (model.process.name == "binomial"):
             if not isinstance(c, BitProbabilities):
                 return self.twist
             d = _rows(c.probs(model), kernel.x0.shape[0]).to(kernel.x0.device)
@@ -465,7 +465,7 @@ def _gaussian_product(kernel: Kernel, y, noise_var, gain) -> Kernel:
     precision = 1 / var + gain**2 / noise_var
     new_var = 1 / precision
     new_mean = new_var * (mean / var + gain * y / noise_var)
-    return Kernel(mean=new_mean.to(kernel.mean.dtype), var=new_var, x0=kernel.x0)
+    return Normal(mean=new_mean.to(kernel.mean.dtype), var=new_var, x0=kernel.x0)
 
 
 def sample_conditioned(model: DiffusionModel, condition, n: int, generator: torch.Generator,

@@ -14,7 +14,7 @@ from thermodiff import train as train_mod
 from thermodiff.errors import ConfigError
 from thermodiff.data import Dataset
 from thermodiff.data.toy import GaussianMixture
-from thermodiff.report import evaluate_run
+from thermodiff.evaluation import evaluate_run
 from thermodiff.train import autocast_dtype, fit, load_run
 
 
@@ -83,10 +83,10 @@ def test_bf16_precision_runs_the_network_in_bf16_and_only_while_training(tmp_pat
     seen = []
     real_step = train_mod.train_step
 
-    def spy(model, *args):
-        handle = model.net.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+    def spy(objective, *args, **kwargs):
+        handle = objective.model.net.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
         try:
-            return real_step(model, *args)
+            return real_step(objective, *args, **kwargs)
         finally:
             handle.remove()
 

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
+from .variance_gradient import active_weights, weigh
 
 DISCRETE_KINDS = ("binomial", "linear", "cosine", "learned")
 CONTINUOUS_KINDS = ("linear-logsnr", "cosine", "learned")
@@ -329,8 +330,12 @@ class ContinuousSchedule(nn.Module):
     def gamma_max(self) -> torch.Tensor:
         return self.endpoints[1]
 
-    def _unit_shape(self, t: torch.Tensor) -> torch.Tensor:
-        """An increasing map with shape(0) = 0, shape(1) = 1."""
+    def _unit_shape(self, t: torch.Tensor, net_params: dict | None = None) -> torch.Tensor:
+        """An increasing map with shape(0) = 0, shape(1) = 1.
+
+        net_params: parameters by name for the learned shape network in place of its own
+        (``torch.func.functional_call``; the same values detached hold it fixed).
+        """
         if self.kind == "linear-logsnr":
             return t
         if self.kind == "cosine":
@@ -341,8 +346,15 @@ class ContinuousSchedule(nn.Module):
             u1 = 2 / math.pi * torch.atan(torch.exp(g1 / 2))
             g = 2 * torch.log(torch.tan(math.pi / 2 * (u0 + (u1 - u0) * t)))
             return (g - g0) / (g1 - g0)
-        ends = self.shape_net(torch.stack([t.new_zeros(()), t.new_ones(())]))
-        return (self.shape_net(t) - ends[0]) / (ends[1] - ends[0])
+        if net_params is None:
+            net = self.shape_net
+        else:
+
+            def net(x: torch.Tensor) -> torch.Tensor:
+                return torch.func.functional_call(self.shape_net, net_params, (x,))
+
+        ends = net(torch.stack([t.new_zeros(()), t.new_ones(())]))
+        return (net(t) - ends[0]) / (ends[1] - ends[0])
 
     def gamma(self, t: torch.Tensor) -> torch.Tensor:
         """Shapes: t (B,) in [0, 1] -> (B,) float64."""
@@ -353,16 +365,39 @@ class ContinuousSchedule(nn.Module):
         """gamma(t) and d gamma / dt, the weight of the continuous-time diffusion loss.
 
         The derivative comes from autograd so that every schedule kind gets it exactly.
+        A learned schedule in a training forward (``variance_gradient.weighted_by_loss``)
+        returns the same values, but the gradient into its shape network is, per example,
+        multiplied by that example's loss: VDM's variance gradient for the interior.
 
         Shapes: t (B,) -> ((B,), (B,)) float64.
         """
-        with torch.enable_grad():
-            t = t.detach().to(torch.float64).requires_grad_(True)
-            g = self.gamma(t)
-            (dg,) = torch.autograd.grad(g.sum(), t, create_graph=True)
-        if not create_graph:
-            dg = dg.detach()
-        return g, dg
+        weights = active_weights() if create_graph and self.shape_net is not None else None
+        if weights is None:
+            with torch.enable_grad():
+                t = t.detach().to(torch.float64).requires_grad_(True)
+                g = self.gamma(t)
+                (dg,) = torch.autograd.grad(g.sum(), t, create_graph=True)
+            if not create_graph:
+                dg = dg.detach()
+            return g, dg
+
+        def gamma_and_dg(lo, hi, net_params=None):
+            # gamma() written out, so that the endpoints or the network can be held fixed
+            with torch.enable_grad():
+                s = t.detach().to(torch.float64).requires_grad_(True)
+                g = lo + (hi - lo) * self._unit_shape(s, net_params)
+                (dg,) = torch.autograd.grad(g.sum(), s, create_graph=True)
+            return g, dg
+
+        # The same values twice: once with the network held fixed (the gradient into the
+        # endpoints, unweighted) and once with the endpoints held fixed (the gradient into
+        # the network, weighted per example). An example's gamma(t_b) and gamma'(t_b)
+        # carry all of its dependence on the network, the normalisation by shape(0) and
+        # shape(1) included, so weighting there is exact.
+        held = {name: p.detach() for name, p in self.shape_net.named_parameters()}
+        g, dg = gamma_and_dg(self.gamma_min, self.gamma_max, held)
+        g_net, dg_net = gamma_and_dg(self.gamma_min.detach(), self.gamma_max.detach())
+        return weigh(g, g_net, weights), weigh(dg, dg_net, weights)
 
     def abar(self, t: torch.Tensor) -> torch.Tensor:
         """Shapes: t (B,) -> (B,) float64."""

@@ -109,7 +109,7 @@ class Kernel:
     def sample(self, generator: torch.Generator) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+    def log_prob(self, x: torch.Tensor, dtype: torch.dtype | None = torch.float64) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
     def entropy(self) -> torch.Tensor:  # pragma: no cover - interface
@@ -137,9 +137,12 @@ class Normal(Kernel):
         noise = torch.randn(self.mean.shape, generator=generator).to(self.mean.device)
         return self.mean + expand_as(self.var.sqrt(), self.mean) * noise.to(self.mean.dtype)
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """log density of x, nats. Shapes: x (B, *D) -> (B,) float64."""
-        return log_normal(x.to(torch.float64), self.mean.to(torch.float64), self.var.to(torch.float64))
+    def log_prob(self, x: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """log density of x, nats, computed in dtype (float64 by default: a chain's log
+        weights are sums of many such terms; None keeps x's own precision).
+        Shapes: x (B, *D) -> (B,) float64."""
+        dtype = dtype or x.dtype
+        return log_normal(x.to(dtype), self.mean.to(dtype), self.var.to(dtype)).to(torch.float64)
 
     def entropy(self) -> torch.Tensor:
         """Entropy, nats. Shapes: -> (B,) float64."""
@@ -164,8 +167,9 @@ class Bernoulli(Kernel):
         """One draw, float32 0 / 1. Shapes: -> (B, *D)."""
         return sample_bernoulli(self.logits, generator)
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """log probability of the bits x, nats. Shapes: x (B, *D) -> (B,) float64."""
+    def log_prob(self, x: torch.Tensor, dtype: torch.dtype | None = torch.float64) -> torch.Tensor:
+        """log probability of the bits x, nats, always in float64 (dtype is accepted for a
+        common signature with ``Normal``). Shapes: x (B, *D) -> (B,) float64."""
         return log_bernoulli(x, self.logits)
 
     def entropy(self) -> torch.Tensor:

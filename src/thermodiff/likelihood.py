@@ -118,7 +118,9 @@ def reconstruction_term(model: DiffusionModel, x0, noise) -> torch.Tensor:
         return model.process.fixed_decoder_nll(x0, abar_1)
     x_1 = model.process.q_sample(x0, abar_1, noise)
     t_1 = torch.full((b,), model.schedule.t_first).to(x0.device)
-    return -model.reverse(x_1, t_1, torch.ones_like(abar_1), abar_1).log_prob(x0)
+    # In the data's precision (as the diffusion terms are); the decoder is a Normal or a
+    # Bernoulli, whose log-probability is float64 whatever is asked.
+    return -model.reverse(x_1, t_1, torch.ones_like(abar_1), abar_1).log_prob(x0, dtype=None)
 
 
 def prior_term(model: DiffusionModel, x0) -> torch.Tensor:

@@ -5,7 +5,7 @@ feature asks for instead of testing the process's name.
 
 Every process answers (see ``gaussian.GaussianProcess`` and ``binomial.BinomialProcess``):
 
-    name, supports
+    name, supports, binary (the data are bits)
     noise(shape, generator, device)            eps ~ N(0, I) | u ~ U[0, 1)
     q_sample(x0, abar_t, noise)                x_t ~ q(x_t | x_0)
     forward(x_s, abar_s, abar_t) -> Kernel     q(x_t | x_s)

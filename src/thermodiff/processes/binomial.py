@@ -1,4 +1,5 @@
-"""The binomial forward process for binary data, as pure tensor functions.
+"""The binomial forward process for binary data: pure tensor functions, and
+``BinomialProcess``, the object that carries them for the rest of the package.
 
 q(x_t | x_{t-1}) = B(x_{t-1} (1 - beta_t) + beta_t / 2), prior pi = B(1/2) per bit
 (paper Table App.1). Each step keeps a bit with probability 1 - beta_t and otherwise
@@ -22,6 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
+# The Bernoulli kernel's math lives with the kernels; re-exported here as part of this
+# process's vocabulary.
 from ..kernels import Bernoulli, entropy_bernoulli, kl_bernoulli, log_bernoulli, sample_bernoulli  # noqa: F401
 from ..tensors import expand_as, sum_dims
 
@@ -185,6 +188,7 @@ class BinomialProcess:
 
     name = "binomial"
     supports = frozenset()  # discrete time, the bound objective, a fixed schedule, ancestral kernels
+    binary = True  # the data are bits: conditions on them are bit probabilities, not densities
 
     def noise(self, shape, generator: torch.Generator, device) -> torch.Tensor:
         """u ~ U[0, 1), the randomness behind one x_t (``q_sample``). Shapes: -> (B, *D) float64."""

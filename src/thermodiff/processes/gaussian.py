@@ -1,4 +1,5 @@
-"""The Gaussian forward process as pure tensor functions.
+"""The Gaussian forward process: pure tensor functions, and ``GaussianProcess``, the object
+that carries them for the rest of the package.
 
 q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I), prior pi = N(0, I).
 Everything is written in terms of the signal fractions abar (float64, one per example)
@@ -13,8 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigError
-from ..kernels import LOG_2PI, Normal, kl_normal, log_normal  # noqa: F401  (log_normal: part of this module's math)
+# log_normal and kl_normal are the Gaussian kernel's math; they live with the kernels
+# and are re-exported here as part of this process's vocabulary.
+from ..kernels import LOG_2PI, Normal, kl_normal, log_normal  # noqa: F401
 from ..tensors import expand_as, num_dims, sum_dims
 
 def q_mean_var(x0: torch.Tensor, abar_t: torch.Tensor):
@@ -134,7 +136,10 @@ class GaussianProcess:
     # continuous-time: the VDM limit; simple-loss: eps / x0 / v regression (and hybrid);
     # learned-schedule: a reparametrised x_t (frozen noise); ddim: deterministic hops;
     # rescaling: data are centred and scaled (binary data never are).
-    supports = frozenset({"continuous-time", "simple-loss", "learned-schedule", "ddim", "rescaling"})
+    # noisy-latents: x_t / sqrt(abar_t) is x_0 plus Gaussian noise, so a noisy observation
+    # of x_0 is a latent of the chain (conditioning's ``start``).
+    supports = frozenset({"continuous-time", "simple-loss", "learned-schedule", "ddim", "rescaling", "noisy-latents"})
+    binary = False  # the data are real values
 
     def noise(self, shape, generator: torch.Generator, device) -> torch.Tensor:
         """eps ~ N(0, I), the randomness behind one x_t. Shapes: shape (B, *D) -> (B, *D) float32."""

@@ -15,8 +15,14 @@ from pathlib import Path
 import torch
 
 from . import config as config_mod
-from .atomic import atomic_write
 from . import data as data_mod
+from .atomic import atomic_write
+from .evaluation import evaluate_run, iw_record
+from .parzen import parzen
+from .report import figures as draw
+from .report import markdown, write_json
+from .sampling.ancestral import sample, time_grid
+from .train import CHECKPOINT, CONFIG, METRICS, fit, load_run
 
 BENCHMARKS = {
     "swissroll": "swissroll",
@@ -66,8 +72,6 @@ def sample_support(model, log_density, eval_cfg, progress: bool = False) -> dict
 
     Shapes: log_density maps (N, *D) -> (N,); returns a dict of numbers.
     """
-    from .sampling.ancestral import sample, time_grid
-
     steps = eval_cfg.sample_steps or None
     gen = torch.Generator().manual_seed(eval_cfg.seed)
     with torch.no_grad():
@@ -87,16 +91,13 @@ def image_samples_parzen(model, dataset, eval_cfg, progress: bool = False) -> di
 
     Shapes: the dataset's images (N, C, H, W) as levels 0..255.
     """
-    from .parzen import parzen
-    from .sampling.ancestral import sample, time_grid
-
     steps = eval_cfg.sample_steps or None
     gen = torch.Generator().manual_seed(eval_cfg.seed)
     # In chunks: one batch of 10,000 images runs 2.5x slower per image on a CPU than
     # chunks of 500, whose activations stay in cache.
     starts = range(0, eval_cfg.samples, SAMPLE_CHUNK)
     if progress:
-        from tqdm import tqdm
+        from tqdm import tqdm  # the progress bar is optional: imported only when shown
 
         starts = tqdm(starts, desc=f"sample {eval_cfg.samples} in chunks of {SAMPLE_CHUNK}", unit="chunk")
     chunks = []
@@ -133,12 +134,6 @@ def run_benchmark(name: str, cfg: config_mod.Config, out: Path, progress: bool =
                   fresh: bool = False) -> dict:
     """Train (from scratch when fresh), evaluate, draw figures, write out/eval.json and
     out/report.md. Returns the record."""
-    from .report import evaluate_run, iw_record, markdown, write_json
-    from .report import figures as draw
-    from .train import fit, load_run
-
-    from .train import CHECKPOINT, CONFIG, METRICS
-
     out = Path(out)
     if fresh:
         # Start over, removing only the files a run writes (never the folder itself:
@@ -155,7 +150,7 @@ def run_benchmark(name: str, cfg: config_mod.Config, out: Path, progress: bool =
                                sampler=meta["time_sampler"]))
     if cfg.eval.iw_M:
         record.update(iw_record(model, dataset.test, cfg.eval, cfg.eval.iw_M, dataset.log_density, progress))
-    if model.binomial and dataset.log_density is not None and cfg.eval.samples > 0:
+    if data_mod.is_binary(dataset.train) and dataset.log_density is not None and cfg.eval.samples > 0:
         record.update(sample_support(model, dataset.log_density, cfg.eval, progress))
     if dataset.dequantize:
         # Training throughput: the issue's speed figure for images.

@@ -14,14 +14,20 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 
+from . import data as data_mod
+from . import plots  # matplotlib itself is imported inside plots, when a figure is drawn
 from .data.toy import GaussianMixture
+from .errors import ConfigError
 from .oracle import mixture_model, table_model
 from .sampling.ancestral import sample
-from .sampling.conditioning import BitProbabilities, Conditioning, GaussianObservation, Known
+from .sampling.conditioning import BitProbabilities, Conditioning, GaussianObservation, Known, sample_conditioned
 from .schedules import ContinuousSchedule
+from .train import load_run
 
 STATES = torch.tensor([[(i >> 2) & 1, (i >> 1) & 1, i & 1] for i in range(8)], dtype=torch.float64)
 TABLE = torch.tensor([0.30, 0.02, 0.08, 0.15, 0.05, 0.20, 0.12, 0.08], dtype=torch.float64)
@@ -36,7 +42,7 @@ def reference_mixture() -> GaussianMixture:
 
 
 def _ks(x: torch.Tensor, ref: torch.Tensor) -> float:
-    from scipy.stats import ks_2samp
+    from scipy.stats import ks_2samp  # scipy for this one statistic: imported where used
 
     return max(float(ks_2samp(x[:, j].numpy(), ref[:, j].numpy()).statistic) for j in range(x.shape[1]))
 
@@ -129,18 +135,8 @@ def inpaint_images(run: str, out, n_images: int = 100, steps: int = 100, votes: 
 
     Shapes: the run's data (C, H, W) binary.
     """
-    from pathlib import Path
-
-    import numpy as np
-
-    from . import data as data_mod
-    from . import plots
-    from .errors import ConfigError
-    from .sampling.conditioning import sample_conditioned
-    from .train import load_run
-
     cfg, model, _ = load_run(run)
-    if not model.binomial or len(model.data_shape) != 3:
+    if not model.process.binary or len(model.data_shape) != 3:
         raise ConfigError(f"{run}: inpainting scores binary images (a binary-mnist run)")
     dataset = data_mod.load(cfg.data)
     truth = dataset.test[:n_images].to(torch.float64)

@@ -7,9 +7,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
-from .errors import DataError, ThermodiffError
+from .errors import ConfigError, DataError, ThermodiffError
+
+# The rest of thermodiff (and so torch) is imported inside each command, on purpose:
+# `thermodiff --help` and a mistyped command answer at once, without loading torch.
+
+
+# The shipped config that `train --data FILE` starts from, per --process.
+DEFAULT_CONFIGS = {"gaussian": "vectors", "binomial": "binary"}
+
 
 def _resolve_config(args):
     from . import config
@@ -18,10 +27,8 @@ def _resolve_config(args):
     if args.config:
         cfg = config.load(args.config)
     elif args.data:
-        cfg = config.load(config_path("binary" if args.process == "binomial" else "vectors"))
+        cfg = config.load(config_path(DEFAULT_CONFIGS[args.process or "gaussian"]))
     else:
-        from .errors import ConfigError
-
         raise ConfigError("give a CONFIG.toml or --data FILE")
     sets = list(args.set or [])
     if args.config and args.process:
@@ -79,10 +86,10 @@ def _eval_overrides(args) -> dict:
 
 
 def cmd_evaluate(args) -> int:
-    from .report import evaluate_run, iw_record, write_json
-    from .train import load_run
-
     from . import config
+    from .evaluation import evaluate_run, iw_record
+    from .report import write_json
+    from .train import load_run
 
     cfg, model, meta = load_run(args.run)
     eval_cfg = config.replace(cfg, eval=_eval_overrides(args)).eval
@@ -163,7 +170,6 @@ def cmd_condition(args) -> int:
     import torch
 
     from .data.arrays import save_array
-    from .errors import ConfigError
     from .sampling.conditioning import GaussianObservation, Known, default_method, sample_conditioned
     from .train import load_run
 
@@ -186,8 +192,6 @@ def cmd_condition(args) -> int:
     options = {k: v for k, v in (("scale", args.scale), ("resample", args.resample), ("particles", args.particles),
                                  ("eta", args.eta)) if v is not None}
     gen = torch.Generator().manual_seed(args.seed)
-    import warnings
-
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         y = sample_conditioned(model, condition, args.n, gen, method=args.method, steps=args.steps,
@@ -280,7 +284,6 @@ def _bench_inpaint(args) -> int:
     """`bench inpaint-mnist --run RUN`: inpainting half images with a trained binary-image run."""
     from .bench import device_name, git_commit
     from .bench_conditioning import inpaint_images
-    from .errors import ConfigError
     from .report import write_json
 
     if not args.run:

@@ -1,24 +1,30 @@
-"""Evaluation records, figures and the Markdown run report.
+"""Figures and the run report.
 
-``evaluate_run`` turns a trained model and held-out data into the JSON record of
-DESIGN section 4 (plus the exact log-likelihood and the paired gap where the data
-set's density is known); ``figures`` draws the paper's Figure 1 panels for 2-D data
-and the per-t bound terms for any data.
+``figures`` draws the paper's Figure 1 panels for 2-D data, samples and reverse
+trajectories for binary vectors and images, and the per-t bound terms for any data;
+``condition_figure`` the figure of a conditioning run; ``run_report`` the likelihood
+report of a run (Markdown or HTML). The records themselves (K, the paired gap to the
+exact log-likelihood, the importance-weighted estimate) come from ``evaluation``.
 """
 
 from __future__ import annotations
 
 import json
-import math
+from html import escape
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from . import config as config_mod
+from . import data as data_mod
+from . import plots  # matplotlib itself is imported inside plots, when a figure is drawn
 from .atomic import atomic_write
-from .likelihood import evaluate, summarize
-from .units import LN2
+from .entropy import entropy_bounds
+from .evaluation import evaluate_run, iw_record
 from .model import DiffusionModel
+from .sampling.ancestral import drift, sample
+from .train import load_run
 
 
 def write_json(path: str | Path, record: dict) -> None:
@@ -28,38 +34,6 @@ def write_json(path: str | Path, record: dict) -> None:
     with atomic_write(path) as f:
         json.dump(record, f, indent=2)
         f.write("\n")
-
-
-def evaluate_run(model: DiffusionModel, y: torch.Tensor, eval_cfg, log_density=None, progress: bool = False,
-                 sampler=None) -> dict:
-    """The evaluation record of a model on held-out data y (data's own units).
-
-    With the data set's exact log-density (nats, data units) the record adds
-    ``exact_bits`` / ``exact_bits_scaled`` (mean exact log-likelihood), ``gap_bits``
-    (exact minus K, the bound's looseness) and ``gap_stderr_bits``, the standard
-    error of the gap paired over the same points. sampler: the run's time sampler.
-
-    Shapes: y (N, *D).
-    """
-    model.check_data(y, "held-out data")
-    if eval_cfg.max_examples and y.shape[0] > eval_cfg.max_examples:
-        y = y[: eval_cfg.max_examples]
-    terms = evaluate(model, y, n_t=eval_cfg.n_t, batch_size=eval_cfg.batch_size, seed=eval_cfg.seed,
-                     progress=progress, sampler=sampler)
-    record = summarize(model, terms, y)
-    if log_density is not None:
-        log_det = model.scaler.log_det(model.n_dims)
-        exact_scaled = log_density(y.to(torch.float64)) - log_det  # nats, scaled units
-        gap = (exact_scaled + terms.nll) / LN2  # exact - K, per example, bits
-        n = gap.shape[0]
-        record["exact_bits"] = float(exact_scaled.mean() / LN2 + log_det / LN2)
-        record["exact_bits_scaled"] = float(exact_scaled.mean() / LN2)
-        record["gap_bits"] = float(gap.mean())
-        record["gap_stderr_bits"] = float(gap.std() / math.sqrt(n))
-        if record["gap_bits"] < -3 * record["gap_stderr_bits"]:
-            # A lower bound above the exact log-likelihood beyond its noise is a bug.
-            record["warning"] = "K exceeds the exact log-likelihood by more than 3 standard errors"
-    return record
 
 
 def figures(model: DiffusionModel, data_train: torch.Tensor, record: dict, out: str | Path, seed: int = 0, n: int = 2000,
@@ -73,10 +47,6 @@ def figures(model: DiffusionModel, data_train: torch.Tensor, record: dict, out: 
 
     Shapes: data_train (N, *D) in the data's own units.
     """
-    from . import plots
-    from .processes.gaussian import q_sample
-    from .sampling.ancestral import drift, sample
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -90,7 +60,7 @@ def figures(model: DiffusionModel, data_train: torch.Tensor, record: dict, out: 
             extra=extra,
         )
     )
-    if model.binomial or len(model.data_shape) == 3:
+    if data_mod.is_binary(data_train) or len(model.data_shape) == 3:
         return paths + _sample_figures(model, data_train, out, seed, steps)
     if model.data_shape != (2,):
         return paths
@@ -101,10 +71,8 @@ def figures(model: DiffusionModel, data_train: torch.Tensor, record: dict, out: 
         times = [0.0, 0.5, 1.0]
         frames = [x0.numpy()]
         for t in times[1:]:
-            tt = torch.full((n,), t, dtype=torch.float64)
-            if not model.continuous:
-                tt = torch.round(tt * model.schedule.T) / model.schedule.T
-            frames.append(q_sample(x0, model.abar_at(tt), torch.randn(x0.shape, generator=gen)).numpy())
+            tt = model.schedule.snap(torch.full((n,), t, dtype=torch.float64))
+            frames.append(model.process.q_sample(x0, model.abar_at(tt), torch.randn(x0.shape, generator=gen)).numpy())
         paths.append(
             plots.trajectory_grid(
                 out / "forward_trajectory.png", frames, [f"t = {t:g}" for t in times],
@@ -122,7 +90,7 @@ def figures(model: DiffusionModel, data_train: torch.Tensor, record: dict, out: 
         )
         g = torch.linspace(-2.5, 2.5, 25)
         grid = torch.stack(torch.meshgrid(g, g, indexing="xy"), -1)
-        t_mid = 0.5 if model.continuous else round(0.5 * model.schedule.T) / model.schedule.T
+        t_mid = float(model.schedule.snap(torch.tensor([0.5]))[0])
         d = drift(model, grid.reshape(-1, 2), t_mid).reshape(25, 25, 2)
         paths.append(
             plots.drift_field(out / "drift.png", grid.numpy(), d.numpy(), x0.numpy(), f"Learned drift f_mu(x, t) - x at t = {t_mid:g}")
@@ -138,9 +106,6 @@ def _sample_figures(model: DiffusionModel, data_train: torch.Tensor, out: Path, 
 
     Shapes: data_train (N, *D) in the data's own units.
     """
-    from . import plots
-    from .sampling.ancestral import sample
-
     gen = torch.Generator().manual_seed(seed)
     picks = data_train[torch.randperm(data_train.shape[0], generator=gen)[:64]]
     images = len(model.data_shape) == 3
@@ -183,8 +148,6 @@ def condition_figure(model: DiffusionModel, path: str | Path, samples: torch.Ten
 
     Shapes: samples (n, *D); shown, mask (1 or n, *D); data_train (N, *D).
     """
-    from . import plots
-
     shape = model.data_shape
     shown = shown.reshape((-1,) + shape).to(torch.float64)
     mask = torch.ones_like(shown) if mask is None else mask.reshape((-1,) + shape).to(torch.float64)
@@ -198,7 +161,7 @@ def condition_figure(model: DiffusionModel, path: str | Path, samples: torch.Ten
         labels = (["original"] if original is not None else []) + [
             "observed" if mask.all() else "known (gray: unknown)", "samples"]
         return plots.image_grid(path, np.concatenate([unit(r) for r in rows]), title, ncol=m, row_labels=labels)
-    if model.binomial:
+    if data_mod.is_binary(data_train):
         flat = lambda a: a.reshape(len(a), -1).numpy()  # noqa: E731
         return plots.binary_rows(path, flat(samples[:24]), flat(corrupted[:24]), title,
                                  labels=("conditioned samples", "known bits (gray: unknown)"))
@@ -223,33 +186,6 @@ def condition_figure(model: DiffusionModel, path: str | Path, samples: torch.Ten
     return None
 
 
-def iw_record(model: DiffusionModel, y: torch.Tensor, eval_cfg, m: int, log_density=None,
-              progress: bool = False) -> dict:
-    """The importance-weighted fields of an evaluation record (``jarzynski.summarize_iw``)
-    on the first eval.iw_examples held-out examples, M trajectories each, over a chain
-    of eval.iw_steps hops (0: the model's own chain).
-
-    Shapes: y (N, *D) data units.
-    """
-    from .errors import ConfigError
-    from .jarzynski import evaluate_iw, summarize_iw
-    from .sampling.ancestral import time_grid
-
-    if m < 1:
-        raise ConfigError(f"the importance-weighted estimate needs M >= 1 trajectories, got {m}")
-    if eval_cfg.iw_examples < 1 or eval_cfg.iw_steps < 0:
-        raise ConfigError("eval.iw_examples must be at least 1 and eval.iw_steps at least 0")
-    model.check_data(y, "held-out data")
-    y = y[: eval_cfg.iw_examples]
-    steps = eval_cfg.iw_steps or None
-    hops = len(time_grid(model, steps))
-    logw = evaluate_iw(model, y, m, steps, eval_cfg.batch_size, eval_cfg.seed, progress)
-    exact = None
-    if log_density is not None:
-        exact = log_density(y.to(torch.float64)) - model.scaler.log_det(model.n_dims)
-    return summarize_iw(model, logw, y, hops, exact)
-
-
 def run_report(run: str | Path, out: str | Path | None = None, m: int = 100, html: bool = False,
                progress: bool = False, eval_overrides: dict | None = None, entropy_examples: int = 256) -> Path:
     """The likelihood report of a trained run: K and its terms, K - L_null, the
@@ -261,12 +197,6 @@ def run_report(run: str | Path, out: str | Path | None = None, m: int = 100, htm
 
     Shapes: none (a run folder -> files).
     """
-    from . import config as config_mod
-    from . import data as data_mod
-    from . import plots
-    from .entropy import entropy_bounds
-    from .train import load_run
-
     cfg, model, meta = load_run(run)
     cfg = config_mod.replace(cfg, eval=eval_overrides or {})
     out = Path(out) if out else Path(run) / "report"
@@ -369,8 +299,6 @@ def markdown(record: dict, title: str, figure_names: list[str]) -> str:
 
 def to_html(record: dict, title: str, figure_names: list[str]) -> str:
     """The same report as an HTML page (figures linked beside it). Shapes: dict -> str."""
-    from html import escape
-
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>",
              "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
              "td,th{border:1px solid #ccc;padding:2px 8px}table{border-collapse:collapse;margin:1em 0}</style>",

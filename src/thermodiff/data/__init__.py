@@ -37,6 +37,14 @@ class Dataset:
         return tuple(self.train.shape[1:])
 
 
+def is_binary(x: torch.Tensor) -> bool:
+    """Whether every value is 0 or 1 (the data, not the model, decide how a figure shows them).
+
+    Shapes: x (N, *D) -> bool.
+    """
+    return bool(((x == 0) | (x == 1)).all())
+
+
 def check_finite(x: torch.Tensor, what: str) -> torch.Tensor:
     """Reject empty data and data with NaN or inf, naming the first bad row.
 

@@ -6,39 +6,18 @@ reverse kernel and the bound K itself can be computed by direct sums and compare
 with the closed forms the library uses.
 """
 
-import itertools
 import math
 
 import pytest
 import torch
 
+# The enumeration kit (D = 3 bits, all 2^D states, a table PROBS over them, the exact
+# x0 model) is shared with test_jarzynski and test_conditioning through conftest.
+from conftest import D, PROBS, STATES, bern_table, exact_model, model_likelihood, state_transition, step_matrix
 from thermodiff.likelihood import bound_terms
-from thermodiff.oracle import table_model
 from thermodiff.parametrization import binomial_reverse_logits
 from thermodiff.processes import binomial
 from thermodiff.schedules import DiscreteSchedule
-
-D = 3
-STATES = torch.tensor(list(itertools.product([0.0, 1.0], repeat=D)), dtype=torch.float64)  # (8, D)
-
-
-def bern_table(logits):
-    """Probabilities of every state under a product of Bernoullis. (B, D) -> (B, 2^D)."""
-    p1 = torch.sigmoid(logits)[:, None, :]
-    p0 = torch.sigmoid(-logits)[:, None, :]
-    return torch.where(STATES[None] == 1, p1, p0).prod(-1)
-
-
-def step_matrix(a):
-    """Per-bit transition matrix of a hop of kept fraction a: M[i, j] = q(x_t = j | x_s = i)."""
-    return torch.tensor([[a + (1 - a) / 2, (1 - a) / 2], [(1 - a) / 2, a + (1 - a) / 2]], dtype=torch.float64)
-
-
-def state_transition(a):
-    """q(x_t = state j | x_s = state i) over all 2^D states, (8, 8)."""
-    m = step_matrix(a)
-    idx = STATES.long()
-    return m[idx[:, None, :], idx[None, :, :]].prod(-1)
 
 
 def test_marginal_equals_composed_steps():
@@ -99,10 +78,6 @@ def test_edge_terms_and_null():
     assert torch.allclose(binomial.log_prior(x0), torch.tensor([-D * math.log(2)], dtype=torch.float64))
 
 
-def exact_model(support, probs, T, decoder="learned"):
-    return table_model(support, probs, T, decoder)
-
-
 def enumerated_bound(model, probs):
     """-K(x0) for every state x0 by exact sums over x_t (D = 3): no Monte Carlo."""
     sched = model.schedule
@@ -121,9 +96,6 @@ def enumerated_bound(model, probs):
     return nll
 
 
-PROBS = torch.tensor([0.30, 0.02, 0.08, 0.15, 0.05, 0.20, 0.12, 0.08], dtype=torch.float64)
-
-
 def test_best_factorised_kernel_is_exact_marginal():
     """The x0 parametrisation with the exact P(x0_i | x_t) gives q(x_{t-1, i} = 1 | x_t)."""
     model = exact_model(STATES, PROBS, T=5)
@@ -139,18 +111,6 @@ def test_best_factorised_kernel_is_exact_marginal():
         out = model(x_t[None], torch.tensor([t / 5.0], dtype=torch.float64))
         lp, _ = binomial_reverse_logits("x0", out, x_t[None], abar[s][None], abar[t][None])
         assert torch.allclose(torch.sigmoid(lp[0]), exact_bit, atol=1e-12)
-
-
-def model_likelihood(model):
-    """p_theta(x0) of the model's reverse chain for every state, by matrix products (D = 3)."""
-    abar = model.schedule.abar()
-    T = model.schedule.T
-    p = torch.full((8,), 1 / 8, dtype=torch.float64)  # x_T ~ B(1/2)
-    for t in range(T, 0, -1):
-        out = model(STATES, torch.full((8,), t / T, dtype=torch.float64))
-        lp, _ = binomial_reverse_logits("x0", out, STATES, abar[t - 1].expand(8), abar[t].expand(8))
-        p = p @ bern_table(lp)  # rows: x_t, columns: x_{t-1}
-    return p
 
 
 @pytest.mark.parametrize("T", [2, 6, 20])

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_cli import CONTRACT_KEYS, run
-
+from conftest import CONTRACT_KEYS
 from thermodiff import config, data
 from thermodiff.data.toy import heartbeat_log_density, heartbeat_patterns, heartbeat_sample
 
@@ -49,7 +48,7 @@ def binary_arrays(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def binary_run(binary_arrays, tmp_path_factory):
+def binary_run(binary_arrays, tmp_path_factory, run):
     out = tmp_path_factory.mktemp("runs") / "beats"
     r = run("train", "--data", binary_arrays / "beats.npy", "--process", "binomial", "--out", out,
             "--steps", 20, *TINY)
@@ -57,7 +56,7 @@ def binary_run(binary_arrays, tmp_path_factory):
     return out
 
 
-def test_binary_train_evaluate_sample(binary_run, binary_arrays, tmp_path):
+def test_binary_train_evaluate_sample(binary_run, binary_arrays, tmp_path, run):
     cfg = config.load(binary_run / "config.toml")
     assert cfg.process.kind == "binomial" and cfg.model.parametrization == "x0"
     r = run("evaluate", binary_run, "--data", binary_arrays / "beats_test.npy", "--json", tmp_path / "e.json")
@@ -76,13 +75,13 @@ def test_binary_train_evaluate_sample(binary_run, binary_arrays, tmp_path):
     assert s.shape == (7, 20) and set(np.unique(s)) <= {0.0, 1.0}
 
 
-def test_csv_binary_data_trains(binary_arrays, tmp_path):
+def test_csv_binary_data_trains(binary_arrays, tmp_path, run):
     r = run("train", "--data", binary_arrays / "beats.csv", "--process", "binomial", "--out", tmp_path / "c",
             "--steps", 2, *TINY)
     assert r.returncode == 0, r.stderr
 
 
-def test_non_binary_data_is_one_line_exit_2(binary_arrays, binary_run, tmp_path):
+def test_non_binary_data_is_one_line_exit_2(binary_arrays, binary_run, tmp_path, run):
     out = tmp_path / "nb"
     r = run("train", "--data", binary_arrays / "not_binary.npy", "--process", "binomial", "--out", out, "--steps", 2, *TINY)
     assert r.returncode == 2
@@ -92,7 +91,7 @@ def test_non_binary_data_is_one_line_exit_2(binary_arrays, binary_run, tmp_path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "binary" in r.stderr
 
 
-def test_binomial_config_errors(binary_arrays, tmp_path):
+def test_binomial_config_errors(binary_arrays, tmp_path, run):
     for bad, words in (("process.time=continuous", "discrete"), ("model.parametrization=eps", "binomial"),
                        ("train.objective=simple", "bound"), ("process.schedule=learned", "schedule")):
         r = run("train", "--data", binary_arrays / "beats.npy", "--process", "binomial", "--out", tmp_path / "e",
@@ -105,7 +104,7 @@ def test_short_heartbeat_training_is_below_exact_and_above_null(tmp_path):
     """A minute-scale run on heartbeat: K beats the null model by far and stays below
     the exact log-likelihood log2(1/5)."""
     from thermodiff.bench import bench_config
-    from thermodiff.report import evaluate_run
+    from thermodiff.evaluation import evaluate_run
     from thermodiff.train import fit
 
     cfg = bench_config("heartbeat")
@@ -126,7 +125,7 @@ MNIST_DIR = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared"
 
 
 @pytest.mark.parametrize("name", ["heartbeat", "heartbeat-paper", "binary-mnist"])
-def test_binary_bench_smoke(name, tmp_path):
+def test_binary_bench_smoke(name, tmp_path, run):
     if name == "binary-mnist" and not MNIST_DIR.is_dir():
         pytest.skip(f"MNIST IDX files not found in {MNIST_DIR}")
     out = tmp_path / "out.json"

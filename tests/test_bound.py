@@ -12,36 +12,13 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
+# oracle_model(schedule, s2, kind, variance, D, decoder): the exact x0 or eps model for
+# N(0, s2 I) data, shared with test_sampling and test_jarzynski through conftest.
+from conftest import oracle_model
 from thermodiff.likelihood import bound_terms
-from thermodiff.model import DiffusionModel, ModelSpec
 from thermodiff.processes.gaussian import sum_dims
 from thermodiff.schedules import ContinuousSchedule, DiscreteSchedule
-
-
-class Oracle(nn.Module):
-    """The exact x0 or eps prediction for N(0, s^2) data (not a network: reads the schedule)."""
-
-    def __init__(self, model_ref, s2, kind):
-        super().__init__()
-        self.ref = [model_ref]
-        self.s2 = s2
-        self.kind = kind
-        self.dummy = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x, t):
-        abar = self.ref[0].abar_at(t.to(torch.float64)).to(x.dtype)[:, None]
-        v = abar * self.s2 + 1 - abar
-        if self.kind == "x0":
-            return abar.sqrt() * self.s2 * x / v
-        return (1 - abar).sqrt() * x / v
-
-
-def oracle_model(schedule, s2, kind, variance, D=2, decoder="paper"):
-    model = DiffusionModel(nn.Identity(), schedule, ModelSpec(kind, variance, decoder), (D,), 1)
-    model.net = Oracle(model, s2, kind)
-    return model.double()
 
 
 def exact_log_p(x0, s2):
@@ -142,7 +119,7 @@ def test_importance_proposal_in_evaluation_keeps_the_estimate():
 
 def test_evaluation_flags_a_bound_above_the_exact_value():
     from thermodiff.config import EvalConfig
-    from thermodiff.report import evaluate_run
+    from thermodiff.evaluation import evaluate_run
 
     model = oracle_model(ContinuousSchedule("linear-logsnr", gamma_min=-10.0, gamma_max=12.0), 1.0, "eps", "fixed-small").float()
     y = torch.randn(500, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)

@@ -2,7 +2,6 @@
 one-line errors with exit status 2 for every kind of bad input."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,19 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import CONTRACT_KEYS, _one_line_error
+
 TINY = ["--set", "model.width=16", "--set", "model.depth=1", "--set", "train.batch_size=64",
         "--set", "eval.n_t=4", "--set", "train.log_every=5"]
-
-
-# The fields `evaluate --json` promises (DESIGN section 4).
-CONTRACT_KEYS = ("K_bits", "K_bits_scaled", "L_null_bits", "K_minus_L_null_bits", "bits_per_dim",
-                 "stderr_bits", "n_examples", "terms_bits")
-
-
-def run(*args, cwd=None, timeout=120):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, "-m", "thermodiff", "--quiet", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +28,7 @@ def arrays(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trained(arrays, tmp_path_factory):
+def trained(arrays, tmp_path_factory, run):
     out = tmp_path_factory.mktemp("runs") / "my"
     r = run("train", "--data", arrays / "my.npy", "--out", out, "--steps", 20, *TINY)
     assert r.returncode == 0, r.stderr
@@ -53,7 +43,7 @@ def test_train_writes_a_run_folder(trained):
     assert all("bound_bits" in r for r in lines)
 
 
-def test_evaluate_writes_the_contract_fields(trained, arrays, tmp_path):
+def test_evaluate_writes_the_contract_fields(trained, arrays, tmp_path, run):
     r = run("evaluate", trained, "--data", arrays / "my_test.npy", "--json", tmp_path / "e.json")
     assert r.returncode == 0, r.stderr
     rec = json.loads((tmp_path / "e.json").read_text())
@@ -65,7 +55,7 @@ def test_evaluate_writes_the_contract_fields(trained, arrays, tmp_path):
     assert abs(rec["bits_per_dim"] + rec["K_bits"] / 3) < 1e-9
 
 
-def test_sample_writes_data_units(trained, tmp_path):
+def test_sample_writes_data_units(trained, tmp_path, run):
     r = run("sample", trained, "-n", 50, "--out", tmp_path / "s.npy", "--seed", 1)
     assert r.returncode == 0, r.stderr
     s = np.load(tmp_path / "s.npy")
@@ -99,14 +89,7 @@ def test_resume_after_sigkill(arrays, tmp_path):
     assert steps == list(range(5, 401, 5))
 
 
-def _one_line_error(r, needle):
-    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
-    assert needle in lines[0], lines[0]
-
-
-def test_bad_inputs_give_one_line_errors(arrays, tmp_path, trained):
+def test_bad_inputs_give_one_line_errors(arrays, tmp_path, trained, run):
     out = tmp_path / "never"
     nan = np.load(arrays / "my.npy")
     nan[7, 1] = np.nan
@@ -141,7 +124,7 @@ def test_bad_inputs_give_one_line_errors(arrays, tmp_path, trained):
     assert not out.exists()
 
 
-def test_corrupted_checkpoint_is_a_clean_error(trained, tmp_path):
+def test_corrupted_checkpoint_is_a_clean_error(trained, tmp_path, run):
     import shutil
 
     copy = tmp_path / "copy"

@@ -6,13 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_cli import _one_line_error, run
-from test_report_cli import heartbeat_run, mixture_run  # noqa: F401 (fixtures: tiny trained runs)
+from conftest import _one_line_error
+
+# `mixture_run` and `heartbeat_run` (tiny trained runs) and `run` are conftest fixtures.
 
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
 
-def test_inpainting_keeps_known_values_and_draws_a_figure(mixture_run, tmp_path):
+def test_inpainting_keeps_known_values_and_draws_a_figure(mixture_run, tmp_path, run):
     np.save(tmp_path / "known.npy", np.array([1.7, 0.0]))
     np.save(tmp_path / "mask.npy", np.array([1.0, 0.0]))
     for method in ("clamp", "replace"):
@@ -25,7 +26,7 @@ def test_inpainting_keeps_known_values_and_draws_a_figure(mixture_run, tmp_path)
         assert out.with_suffix(".png").stat().st_size > 1000
 
 
-def test_per_sample_known_values(mixture_run, tmp_path):
+def test_per_sample_known_values(mixture_run, tmp_path, run):
     known = np.array([[1.0, 0.0], [-1.0, 0.0], [0.5, 0.0]])
     np.save(tmp_path / "known.npy", known)
     np.save(tmp_path / "mask.npy", np.array([1.0, 0.0]))
@@ -36,7 +37,7 @@ def test_per_sample_known_values(mixture_run, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["start", "product", "guidance", "smc"])
-def test_observation_methods(mixture_run, tmp_path, method):
+def test_observation_methods(mixture_run, tmp_path, method, run):
     np.save(tmp_path / "y.npy", np.array([1.5, 1.0]))
     r = run("condition", mixture_run, "--observe", tmp_path / "y.npy", "--noise", 0.3, "-n", 20,
             "--out", tmp_path / "s.npy", "--method", method, "--particles", 4)
@@ -45,7 +46,7 @@ def test_observation_methods(mixture_run, tmp_path, method):
     assert x.shape == (20, 2) and np.isfinite(x).all()
 
 
-def test_binary_known_bit(heartbeat_run, tmp_path):
+def test_binary_known_bit(heartbeat_run, tmp_path, run):
     known = np.zeros(20)
     known[3] = 1
     mask = np.zeros(20)
@@ -64,7 +65,7 @@ def test_binary_known_bit(heartbeat_run, tmp_path):
     assert np.all(np.load(tmp_path / "smc.npy")[:, 3] == 1)
 
 
-def test_bad_conditioning_input_is_one_line_and_writes_nothing(mixture_run, heartbeat_run, tmp_path):
+def test_bad_conditioning_input_is_one_line_and_writes_nothing(mixture_run, heartbeat_run, tmp_path, run):
     np.save(tmp_path / "k.npy", np.array([1.0, 0.0]))
     np.save(tmp_path / "m.npy", np.array([1.0, 0.0]))
     np.save(tmp_path / "m3.npy", np.array([1.0, 0.0, 1.0]))
@@ -94,7 +95,7 @@ def test_bad_conditioning_input_is_one_line_and_writes_nothing(mixture_run, hear
     assert not out.exists()
 
 
-def test_condition_bench_smoke(tmp_path):
+def test_condition_bench_smoke(tmp_path, run):
     r = run("bench", "condition", "--smoke", "--json", tmp_path / "c.json")
     assert r.returncode == 0, r.stderr
     rec = json.loads((tmp_path / "c.json").read_text())
@@ -104,7 +105,7 @@ def test_condition_bench_smoke(tmp_path):
 
 
 @pytest.mark.skipif(not MNIST.exists(), reason=f"real MNIST not found at {MNIST}")
-def test_inpaint_mnist_bench_smoke(tmp_path):
+def test_inpaint_mnist_bench_smoke(tmp_path, run):
     r = run("bench", "binary-mnist", "--smoke", "--out", tmp_path / "bm")
     assert r.returncode == 0, r.stderr
     r = run("bench", "inpaint-mnist", "--smoke", "--run", tmp_path / "bm", "--json", tmp_path / "i.json")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from scipy.stats import ks_2samp
 
-from test_binomial import PROBS, STATES, exact_model
+from conftest import PROBS, STATES, exact_model
 from thermodiff.data.toy import GaussianMixture
 from thermodiff.errors import ConfigError, DataError
 from thermodiff.oracle import mixture_model

@@ -3,11 +3,11 @@
 import gzip
 import hashlib
 import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import MNIST_ROOT
 from thermodiff.data.images import (
     IDX_TYPES,
     MNIST_FILES,
@@ -17,8 +17,6 @@ from thermodiff.data.images import (
     read_idx,
 )
 from thermodiff.errors import ConfigError, DataError
-
-MNIST_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
 # From shared/data/README.md.
 SHA256 = {

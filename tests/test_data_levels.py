@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from test_data_images import MNIST_ROOT
+from conftest import MNIST_ROOT
 from thermodiff import config
 from thermodiff.data import Dataset, _levels, load
 from thermodiff.train import fit
@@ -48,10 +48,8 @@ def test_real_mnist_as_levels():
 
 
 @pytest.mark.skipif(not MNIST_ROOT.exists(), reason=f"real MNIST not found at {MNIST_ROOT}")
-def test_mnist_bench_smoke(tmp_path):
+def test_mnist_bench_smoke(tmp_path, run):
     import json
-
-    from test_cli import run
 
     r = run("bench", "mnist", "--smoke", "--out", tmp_path / "b", "--json", tmp_path / "b.json")
     assert r.returncode == 0, r.stderr

@@ -16,8 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from test_binomial import PROBS, STATES, bern_table, exact_model, model_likelihood, state_transition
-from test_bound import oracle_model
+from conftest import PROBS, STATES, bern_table, exact_model, model_likelihood, oracle_model, state_transition
 from thermodiff.data.toy import GaussianMixture
 from thermodiff.entropy import entropy_bounds
 from thermodiff.jarzynski import iw_estimates, log_mean_exp, log_weights, m_ladder, summarize_iw

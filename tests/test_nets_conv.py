@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import _inputs, assert_float64_agrees, fit_fixed_target
 from thermodiff.errors import ConfigError
 from thermodiff.nets import SigmoidMLP, UNet, build_net, net_options
 
@@ -17,11 +18,6 @@ def _unet(shape=(1, 8, 8), out_channels=1, **kw) -> UNet:
     torch.manual_seed(0)
     c, h, w = shape
     return UNet(c * h * w, out_channels * h * w, 10, image_shape=shape, **{**SMALL, **kw})
-
-
-def _inputs(b: int, dim: int, dtype=torch.float32):
-    g = torch.Generator().manual_seed(1)
-    return torch.randn(b, dim, generator=g, dtype=dtype), torch.rand(b, generator=g, dtype=dtype)
 
 
 def _randomise_output(net: UNet) -> None:
@@ -151,16 +147,6 @@ def test_unet_group_norm_falls_back_to_a_divisor():
     assert tiny(*_inputs(2, 64)).shape == (2, 64)
 
 
-def assert_float64_agrees(net: torch.nn.Module, dim: int) -> None:
-    """The net cast to float64 runs in float64 and agrees with its float32 self."""
-    x, t = _inputs(2, dim)
-    with torch.no_grad():
-        out32 = net(x, t)
-        out64 = net.double()(x.double(), t.double())
-    assert out64.dtype == torch.float64
-    torch.testing.assert_close(out64.float(), out32, rtol=1e-4, atol=1e-4)
-
-
 def test_unet_float64():
     net = _unet((1, 8, 8), attention_levels=(1,))
     _randomise_output(net)
@@ -206,24 +192,6 @@ def test_build_unet():
     for bad in (dict(), dict(image_shape=(1, 8, 8), widht=8)):
         with pytest.raises(ConfigError):
             build_net("unet", 64, 64, 10, **bad)
-
-
-def fit_fixed_target(net, out_dim: int, lr: float, steps: int) -> tuple[float, float]:
-    """Adam on a fixed random regression target at t = 0.3 for 4 random 8x8 inputs:
-    (first loss, final loss)."""
-    g = torch.Generator().manual_seed(3)
-    x = torch.randn(4, 64, generator=g)
-    target = torch.randn(4, out_dim, generator=g)
-    t = torch.full((4,), 0.3)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    first = None
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = (net(x, t) - target).square().mean()
-        loss.backward()
-        opt.step()
-        first = loss.item() if first is None else first
-    return first, (net(x, t) - target).square().mean().item()
 
 
 def test_unet_overfits_a_fixed_target():

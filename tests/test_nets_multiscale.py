@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_nets_conv import _inputs, assert_float64_agrees, fit_fixed_target
+from conftest import _inputs, assert_float64_agrees, fit_fixed_target
 from thermodiff.errors import ConfigError
 from thermodiff.nets import MultiScaleConvNet, build_net, net_options
 from thermodiff.nets.multiscale import gaussian_bumps
@@ -241,10 +241,8 @@ def test_build_model_wires_the_multiscale_net_from_a_config():
         build_model(cfg, (64,))
 
 
-def test_deadleaves_bench_smoke(tmp_path):
+def test_deadleaves_bench_smoke(tmp_path, run):
     import json
-
-    from test_cli import run
 
     r = run("bench", "deadleaves", "--smoke", "--out", tmp_path / "b", "--json", tmp_path / "b.json")
     assert r.returncode == 0, r.stderr

@@ -4,33 +4,14 @@ import json
 
 import pytest
 
-from test_cli import CONTRACT_KEYS, _one_line_error, run
-from thermodiff.config import config_path
+from conftest import CONTRACT_KEYS, _one_line_error
 
+# The tiny runs `mixture_run` and `heartbeat_run` are conftest fixtures (shared with
+# test_condition_cli): 20 steps of the iw-mixture and heartbeat configs.
 IW_KEYS = ("iw_bits", "iw_bits_scaled", "iw_stderr_bits", "iw_M")
-TINY = ["--set", "model.width=16", "--set", "model.depth=1", "--set", "train.batch_size=64",
-        "--set", "train.max_seconds=0", "--set", "data.n_train=500", "--set", "data.n_test=300",
-        "--set", "eval.n_t=4", "--set", "process.T=12", "--set", "eval.iw_examples=30"]
-
-
-def _tiny_run(config, out):
-    r = run("train", config_path(config), "--out", out, "--steps", 20, *TINY)
-    assert r.returncode == 0, r.stderr
-    return out
-
-
-@pytest.fixture(scope="module")
-def mixture_run(tmp_path_factory):
-    return _tiny_run("iw-mixture", tmp_path_factory.mktemp("runs") / "mix")
-
-
-@pytest.fixture(scope="module")
-def heartbeat_run(tmp_path_factory):
-    return _tiny_run("heartbeat", tmp_path_factory.mktemp("runs") / "hb")
-
 
 @pytest.mark.parametrize("which", ["mixture_run", "heartbeat_run"])
-def test_evaluate_iw_adds_its_fields(which, request, tmp_path):
+def test_evaluate_iw_adds_its_fields(which, request, tmp_path, run):
     run_dir = request.getfixturevalue(which)
     r = run("evaluate", run_dir, "--iw", 10, "--json", tmp_path / "e.json")
     assert r.returncode == 0, r.stderr
@@ -46,7 +27,7 @@ def test_evaluate_iw_adds_its_fields(which, request, tmp_path):
         assert rec["iw_bits"] == rec["iw_bits_scaled"]  # binary data are never rescaled
 
 
-def test_report_writes_markdown_json_and_figures(mixture_run, tmp_path):
+def test_report_writes_markdown_json_and_figures(mixture_run, tmp_path, run):
     out = tmp_path / "rep"
     r = run("report", mixture_run, "--iw", 20, "--iw-examples", 25, "--out", out)
     assert r.returncode == 0, r.stderr
@@ -63,7 +44,7 @@ def test_report_writes_markdown_json_and_figures(mixture_run, tmp_path):
     assert "<table>" in (tmp_path / "html" / "report.html").read_text()
 
 
-def test_bad_iw_arguments_are_one_line_errors(mixture_run, tmp_path):
+def test_bad_iw_arguments_are_one_line_errors(mixture_run, tmp_path, run):
     _one_line_error(run("evaluate", mixture_run, "--iw", 0, "--json", tmp_path / "e.json"), "M >= 1")
     assert not (tmp_path / "e.json").exists()
     _one_line_error(run("report", mixture_run, "--iw-examples", 0, "--out", tmp_path / "r"), "iw_examples")
@@ -71,7 +52,7 @@ def test_bad_iw_arguments_are_one_line_errors(mixture_run, tmp_path):
     _one_line_error(run("report", tmp_path / "nothing"), "run folder not found")
 
 
-def test_iw_bench_smoke(tmp_path):
+def test_iw_bench_smoke(tmp_path, run):
     r = run("bench", "iw-mixture", "--smoke", "--out", tmp_path / "b", "--json", tmp_path / "b.json")
     assert r.returncode == 0, r.stderr
     rec = json.loads((tmp_path / "b.json").read_text())

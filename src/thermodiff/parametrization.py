@@ -116,30 +116,37 @@ def score_to_eps(score, abar_t):
     return -score * expand_as((1 - abar_t).sqrt(), score)
 
 
+# Each eps / x0 / v prediction's conversions, resolved once per parametrisation object:
+# (x0, eps) from the prediction, and the ``simple`` objective's target from (x0, eps).
+_TO_X0_EPS = {
+    "eps": lambda pred, x_t, abar_t: (eps_to_x0(pred, x_t, abar_t), pred),
+    "x0": lambda pred, x_t, abar_t: (pred, x0_to_eps(pred, x_t, abar_t)),
+    "v": lambda pred, x_t, abar_t: (v_to_x0(pred, x_t, abar_t), v_to_eps(pred, x_t, abar_t)),
+}
+_TARGETS = {
+    "eps": lambda x0, eps, abar_t: eps,
+    "x0": lambda x0, eps, abar_t: x0,
+    "v": lambda x0, eps, abar_t: to_v(x0, eps, abar_t),
+}
+
+
 def x0_and_eps(parametrization: str, pred, x_t, abar_t):
     """Both x0 and eps implied by a prediction of the given kind.
 
     Shapes: pred, x_t (B, *D), abar_t (B,) -> ((B, *D), (B, *D)).
     """
-    if parametrization == "eps":
-        return eps_to_x0(pred, x_t, abar_t), pred
-    if parametrization == "x0":
-        return pred, x0_to_eps(pred, x_t, abar_t)
-    if parametrization == "v":
-        return v_to_x0(pred, x_t, abar_t), v_to_eps(pred, x_t, abar_t)
-    raise ConfigError(f"parametrization {parametrization!r} does not predict x0 or eps")
+    if parametrization not in _TO_X0_EPS:
+        raise ConfigError(f"parametrization {parametrization!r} does not predict x0 or eps")
+    return _TO_X0_EPS[parametrization](pred, x_t, abar_t)
 
 
 def target(parametrization: str, x0, eps, abar_t):
-    """The regression target of the ``simple`` objective for this parametrisation.
+    """The regression target of the ``simple`` objective for this parametrisation (the
+    paper kernel trained with ``simple`` regresses eps).
 
     Shapes: x0, eps (B, *D), abar_t (B,) -> (B, *D).
     """
-    if parametrization == "x0":
-        return x0
-    if parametrization == "v":
-        return to_v(x0, eps, abar_t)
-    return eps  # eps, and the paper kernel trained with `simple` regresses eps too
+    return _TARGETS.get(parametrization, _TARGETS["eps"])(x0, eps, abar_t)
 
 
 def paper_kernel(z_mu, z_sigma, x_t, beta):
@@ -215,8 +222,9 @@ class Parametrization:
         raise NotImplementedError
 
     def target(self, x0: torch.Tensor, eps: torch.Tensor, abar_t: torch.Tensor) -> torch.Tensor:
-        """The ``simple`` objective's target for ``Prediction.native``. Shapes: (B, *D)."""
-        return target(self.name, x0, eps, abar_t)
+        """The ``simple`` objective's target for ``Prediction.native`` (here eps).
+        Shapes: (B, *D)."""
+        return eps
 
 
 class MeanPrediction(Parametrization):
@@ -228,12 +236,13 @@ class MeanPrediction(Parametrization):
 
     def __init__(self, name: str, variance: str):
         self.name, self.variance = name, variance
+        self._x0_eps, self.target = _TO_X0_EPS[name], _TARGETS[name]
         self.channels = 2 if variance == "learned-range" else 1
         # As T -> infinity every other variance converges to the posterior's.
         self.continuous_time = variance == "fixed-small"
 
     def predict(self, out, x_t, abar_t) -> Prediction:
-        x0_hat, eps_hat = x0_and_eps(self.name, out[:, 0], x_t, abar_t)
+        x0_hat, eps_hat = self._x0_eps(out[:, 0], x_t, abar_t)
         return Prediction(out[:, 0], x0_hat, eps_hat, abar_t, out[:, 1] if self.channels == 2 else None)
 
     def reverse(self, pred, x_t, abar_s, abar_t) -> Normal:

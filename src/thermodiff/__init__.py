@@ -28,7 +28,7 @@ _EXPORTS = {
     "DiffusionModel": ("thermodiff.model", "DiffusionModel"),
     "build_model": ("thermodiff.model", "build_model"),
     "fit": ("thermodiff.train", "fit"),
-    "load_run": ("thermodiff.train", "load_run"),
+    "load_run": ("thermodiff.run_folder", "load_run"),
     # evaluation: K, the paired gap to the exact log-likelihood, the importance-weighted estimate
     "evaluate_run": ("thermodiff.evaluation", "evaluate_run"),
     "iw_record": ("thermodiff.evaluation", "iw_record"),
@@ -61,7 +61,8 @@ if _TYPE_CHECKING:  # for type checkers and editors; at run time the names load 
         Smooth,
         sample_conditioned,
     )
-    from .train import fit, load_run
+    from .run_folder import load_run
+    from .train import fit
 
 
 def __getattr__(name: str):

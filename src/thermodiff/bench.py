@@ -22,7 +22,8 @@ from .parzen import parzen
 from .report import figures as draw
 from .report import markdown, write_json
 from .sampling.ancestral import sample, time_grid
-from .train import CHECKPOINT, CONFIG, METRICS, fit, load_run
+from .run_folder import CHECKPOINT, CONFIG, METRICS, load_run
+from .train import fit
 
 BENCHMARKS = {
     "swissroll": "swissroll",

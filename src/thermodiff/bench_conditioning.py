@@ -27,7 +27,7 @@ from .oracle import mixture_model, table_model
 from .sampling.ancestral import sample
 from .sampling.conditioning import BitProbabilities, Conditioning, GaussianObservation, Known, sample_conditioned
 from .schedules import ContinuousSchedule
-from .train import load_run
+from .run_folder import load_run
 
 STATES = torch.tensor([[(i >> 2) & 1, (i >> 1) & 1, i & 1] for i in range(8)], dtype=torch.float64)
 TABLE = torch.tensor([0.30, 0.02, 0.08, 0.15, 0.05, 0.20, 0.12, 0.08], dtype=torch.float64)

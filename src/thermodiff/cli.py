@@ -89,7 +89,7 @@ def cmd_evaluate(args) -> int:
     from . import config
     from .evaluation import evaluate_run, iw_record
     from .report import write_json
-    from .train import load_run
+    from .run_folder import load_run
 
     cfg, model, meta = load_run(args.run)
     eval_cfg = config.replace(cfg, eval=_eval_overrides(args)).eval
@@ -135,7 +135,7 @@ def cmd_sample(args) -> int:
 
     from .data.arrays import save_array
     from .sampling.ancestral import sample
-    from .train import load_run
+    from .run_folder import load_run
 
     if args.n < 1:
         raise DataError(f"-n must be at least 1, got {args.n}")
@@ -171,7 +171,7 @@ def cmd_condition(args) -> int:
 
     from .data.arrays import save_array
     from .sampling.conditioning import GaussianObservation, Known, default_method, sample_conditioned
-    from .train import load_run
+    from .run_folder import load_run
 
     if args.n < 1:
         raise DataError(f"-n must be at least 1, got {args.n}")

@@ -24,7 +24,7 @@ from .entropy import entropy_bounds
 from .evaluation import evaluate_run, iw_record
 from .model import DiffusionModel
 from .sampling.ancestral import drift, sample
-from .train import load_run
+from .run_folder import load_run
 
 
 def write_json(path: str | Path, record: dict) -> None:

@@ -37,6 +37,7 @@ to build its run) when the chain starts, from then on only objects run.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -170,7 +171,7 @@ class Conditioning(Plain):
     def finish(self, x, generator):
         """The samples (with smc, one particle each). Shapes: (B, *D) -> (n, *D)."""
         x = self._run.finish(x, generator)
-        self.dead_samples = self._run.dead_samples
+        self.dead_samples += self._run.dead_samples  # summed over the chunks of a chunked sample
         return x
 
 
@@ -186,8 +187,6 @@ def sample_conditioned(model: DiffusionModel, condition, n: int, generator: torc
     stepper = Conditioning(condition, method, **options)
     x = sample(model, n, generator, steps=steps, progress=progress, condition=stepper)
     if stepper.dead_samples:
-        import warnings
-
         warnings.warn(f"{stepper.dead_samples} of {n} samples had no particle with r > 0 and do not satisfy r; "
                       "use more particles", RuntimeWarning, stacklevel=2)
     return as_condition(condition).pin(model, model.scaler.inverse(x))

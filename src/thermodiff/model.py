@@ -99,7 +99,7 @@ class DiffusionModel(nn.Module):
         super().__init__()
         self.process = processes.get(process) if isinstance(process, str) else process
         self.param = parametrization.resolve(spec.parametrization, spec.variance, self.process.name)
-        self.process.check_schedule(schedule.continuous, getattr(schedule, "kind", ""))
+        self.process.check_schedule(schedule.continuous, schedule.kind)
         if schedule.continuous and not self.param.continuous_time:
             raise ConfigError(
                 "continuous time needs parametrization eps, x0 or v with variance fixed-small "

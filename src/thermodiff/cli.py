@@ -1,16 +1,21 @@
 """Command line: parses, calls the library, prints.
 
-A user's mistake (a ThermodiffError) is one line on stderr and exit status 2.
+A user's mistake (a ThermodiffError) is one line on stderr and exit status 2; so is
+an OSError or UnicodeError that escapes a command (an output that cannot be written),
+named by its path. Every numeric flag is checked against its range (``check_flags``)
+and every output path (``check_output``) before a command starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import ConfigError, DataError, ThermodiffError
+from .errors import ConfigError, DataError, ThermodiffError, one_line
 
 # The rest of thermodiff (and so torch) is imported inside each command, on purpose:
 # `thermodiff --help` and a mistyped command answer at once, without loading torch.
@@ -33,28 +38,76 @@ def _resolve_config(args):
     sets = list(args.set or [])
     if args.config and args.process:
         sets.insert(0, f"process.kind={args.process}")
-    if args.data:
-        sets += ["data.name=array", f"data.path={args.data}"]
-    if args.test:
-        sets.append(f"data.test_path={args.test}")
-    if args.steps is not None:
-        sets.append(f"train.steps={args.steps}")
-    if args.seed is not None:
-        sets.append(f"train.seed={args.seed}")
     cfg = config.apply_overrides(cfg, sets)
+    # File names and numbers are set as given, not through the --set value parser (which
+    # would read a file named "x.npy", quotes included, as the string x.npy).
+    data, train = {}, {}
+    if args.data:
+        data.update(name="array", path=args.data)
+    if args.test:
+        data["test_path"] = args.test
+    if args.steps is not None:
+        train["steps"] = args.steps
+    if args.seed is not None:
+        train["seed"] = args.seed
+    cfg = config.replace(cfg, data=data, train=train)
     if args.config:
         default_name = Path(args.config).stem
     else:
         default_name = Path(args.data).stem
-    if cfg.name == "run":
+    default_name = default_name.strip()
+    if cfg.name == "run" and config.is_plain_name(default_name):  # else the name stays "run"
         cfg = config.replace(cfg, name=default_name)
     return cfg
+
+
+# The longest name of one file or folder on common file systems (ext4, xfs, btrfs, APFS).
+NAME_MAX = 255
+
+
+def check_path(flag: str, path) -> None:
+    """Refuse, before anything is created, a path that cannot be written down: a part
+    longer than NAME_MAX bytes, or bytes that are not UTF-8 (the run's config.toml
+    records its paths as UTF-8 text). Shapes: none."""
+    if path is None:
+        return
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{flag} {text.encode('utf-8', 'surrogateescape')!r}: the name holds bytes that are not "
+                          f"UTF-8; rename it") from None
+    for part in Path(text).parts:
+        if len(part.encode("utf-8")) > NAME_MAX:
+            raise ConfigError(f"{flag} {text}: a name of {len(part.encode('utf-8'))} bytes; the file system's "
+                              f"limit is {NAME_MAX}")
+
+
+def check_output(flag: str, path, folder: bool) -> None:
+    """Refuse, before any work, an output that cannot be written: a name that
+    ``check_path`` refuses, a file where a folder is needed (or the reverse), or a
+    file standing where a parent folder would go. Shapes: none."""
+    if path is None:
+        return
+    check_path(flag, path)
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise ConfigError(f"{flag} {path}: is a {'file' if folder else 'folder'}; give a "
+                          f"{'folder' if folder else 'file name'}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{flag} {path}: {parent} is a file, not a folder")
+            break
 
 
 def cmd_train(args) -> int:
     from . import data as data_mod
     from .train import fit
 
+    for flag, path in (("CONFIG", args.config), ("--data", args.data), ("--test", args.test)):
+        check_path(flag, path)
+    check_output("--out", args.out, folder=True)
     cfg = _resolve_config(args)
     dataset = data_mod.load(cfg.data)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
@@ -91,6 +144,7 @@ def cmd_evaluate(args) -> int:
     from .report import write_json
     from .run_folder import load_run
 
+    check_output("--json", args.json, folder=False)
     cfg, model, meta = load_run(args.run)
     eval_cfg = config.replace(cfg, eval=_eval_overrides(args)).eval
     y, log_density = _load_test(args, cfg, model)
@@ -113,6 +167,7 @@ def cmd_evaluate(args) -> int:
 def cmd_report(args) -> int:
     from .report import run_report
 
+    check_output("--out", args.out, folder=True)
     path = run_report(args.run, args.out, m=args.iw, html=args.html, progress=not args.quiet,
                       eval_overrides=_eval_overrides(args))
     print(f"report: {path}")
@@ -137,16 +192,33 @@ def cmd_sample(args) -> int:
     from .sampling.ancestral import sample
     from .run_folder import load_run
 
-    if args.n < 1:
-        raise DataError(f"-n must be at least 1, got {args.n}")
+    check_output("--out", args.out, folder=False)
     cfg, model, _ = load_run(args.run)
     gen = torch.Generator().manual_seed(args.seed)
-    x = sample(model, args.n, gen, steps=args.steps, progress=not args.quiet, eta=args.eta)
+    with _allocation(args.n):
+        x = sample(model, args.n, gen, steps=args.steps, progress=not args.quiet, eta=args.eta)
     y = model.scaler.inverse(x).numpy()
     out = Path(args.out) if args.out else Path(args.run) / "samples.npy"
     save_array(out, np.asarray(y))
     print(f"wrote {args.n} samples to {out}")
     return 0
+
+
+# The most samples one `sample` or `condition` call draws (they are held in memory).
+MAX_SAMPLES = 10_000_000
+
+
+@contextmanager
+def _allocation(n: int):
+    """Memory the samples do not fit in, as a user's mistake naming -n."""
+    try:
+        yield
+    except MemoryError:
+        raise DataError(f"not enough memory for -n {n} samples; draw fewer") from None
+    except RuntimeError as exc:
+        if "alloc" not in str(exc).lower() and "out of memory" not in str(exc).lower():
+            raise
+        raise DataError(f"not enough memory for -n {n} samples; draw fewer") from None
 
 
 def _condition_array(path, model, what: str):
@@ -173,10 +245,10 @@ def cmd_condition(args) -> int:
     from .sampling.conditioning import GaussianObservation, Known, default_method, sample_conditioned
     from .run_folder import load_run
 
-    if args.n < 1:
-        raise DataError(f"-n must be at least 1, got {args.n}")
     if (args.known is None) == (args.observe is None):
         raise ConfigError("give --known FILE with --mask FILE (inpainting), or --observe FILE with --noise SIGMA")
+    check_output("--out", args.out, folder=False)
+    check_output("--figure", args.figure, folder=False)
     cfg, model, _ = load_run(args.run)
     mask = _condition_array(args.mask, model, "mask") if args.mask else None
     if args.known is not None:
@@ -194,8 +266,9 @@ def cmd_condition(args) -> int:
     gen = torch.Generator().manual_seed(args.seed)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
-        y = sample_conditioned(model, condition, args.n, gen, method=args.method, steps=args.steps,
-                               progress=not args.quiet, **options)
+        with _allocation(args.n):
+            y = sample_conditioned(model, condition, args.n, gen, method=args.method, steps=args.steps,
+                                   progress=not args.quiet, **options)
     for w in caught:
         print(f"thermodiff: warning: {w.message}", file=sys.stderr)
     out = Path(args.out)
@@ -229,6 +302,7 @@ def cmd_demo(args) -> int:
     from .config import config_path
     from .bench import run_benchmark
 
+    check_output("--out", args.out, folder=True)
     out = Path(args.out)
     cfg = config.load(config_path("demo"))
     if args.steps is not None:
@@ -243,6 +317,8 @@ def cmd_demo(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import BENCHMARKS, bench_config, run_benchmark
 
+    check_output("--json", args.json, folder=False)
+    check_output("--out", args.out, folder=True)
     if args.name == "condition":
         return _bench_condition(args)
     if args.name == "inpaint-mnist":
@@ -386,12 +462,62 @@ def _iw_arguments(p, default, help_m: str) -> None:
                    help="held-out examples for the importance-weighted estimate (default: eval.iw_examples)")
 
 
+def _flag_ranges() -> dict:
+    """The allowed range of every numeric flag, by argparse dest: (flag, range of
+    ``config.RANGES``' form, integer?, description or None)."""
+    from .config import SEED
+
+    at_least_1, at_least_0 = (1, None, False, False), (0, None, False, False)
+    return {
+        "steps": ("--steps", at_least_1, True, None),
+        "n": ("-n", (1, MAX_SAMPLES, False, False), True, None),
+        "n_t": ("--n-t (eval.n_t)", at_least_1, True, None),
+        "iw": ("--iw", at_least_1, True, "an integer M >= 1 (trajectories per example)"),
+        "iw_steps": ("--iw-steps (eval.iw_steps)", at_least_0, True, None),
+        "iw_examples": ("--iw-examples (eval.iw_examples)", at_least_1, True, None),
+        "particles": ("--particles", at_least_1, True, None),
+        "resample": ("--resample", at_least_1, True, None),
+        "seed": ("--seed", SEED, True, None),
+        "eta": ("--eta", (0, 1, False, False), False, None),
+        "scale": ("--scale", at_least_0, False, None),
+        "noise": ("--noise", (0, None, True, False), False, "a positive finite number"),
+    }
+
+
+def check_flags(args) -> None:
+    """Every numeric flag given, against its range, before a command starts: one
+    ``ConfigError`` naming the flag and the range. Shapes: none."""
+    from .config import describe_range, in_range
+
+    for dest, (flag, rng, integer, words) in _flag_ranges().items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if not in_range(value, rng, integer):
+            raise ConfigError(f"{flag} must be {words or describe_range(rng, integer)}, got {value!r}")
+
+
+def _os_error(exc: OSError) -> str:
+    """An OSError as one line naming its path: "PATH: No such file or directory"."""
+    if exc.filename is None:
+        return one_line(exc)
+    names = " -> ".join(os.fsdecode(f) for f in (exc.filename, exc.filename2) if f is not None)
+    return f"{names!s}: {exc.strerror or one_line(exc)}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_flags(args)
         return args.func(args)
     except ThermodiffError as exc:
         print(f"thermodiff: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an output that cannot be written (a folder under a file, a full disk...)
+        print(f"thermodiff: error: {_os_error(exc)}", file=sys.stderr)
+        return 2
+    except UnicodeError as exc:
+        print(f"thermodiff: error: a file name or text that is not valid UTF-8: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("thermodiff: interrupted", file=sys.stderr)

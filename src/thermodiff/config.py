@@ -1,13 +1,15 @@
 """Run configuration: frozen nested dataclasses <-> TOML, with dotted ``--set`` overrides.
 
-Loading is strict: an unknown key, a value of the wrong type or malformed TOML is a
-``ConfigError`` naming the key. The resolved config (defaults filled in, overrides
+Loading is strict: an unknown key, a value of the wrong type, a number outside its
+allowed range (``RANGES``) or malformed TOML is a ``ConfigError`` naming the key (and
+the range). The resolved config (defaults filled in, overrides
 applied) is saved in every run folder and checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +40,8 @@ class DataConfig:
     binarize: str = ""  # mnist: threshold | stochastic (binary, binomial process); empty: 8-bit levels, dequantised
     test_path: str = ""  # array: held-out file; empty: hold out test_fraction of path
     test_fraction: float = 0.1
-    n_train: int = 100_000  # generated data sets
-    n_test: int = 20_000
+    n_train: int = 100_000  # generated data sets: their size; files (mnist, cifar10, imagefolder): the first n, 0: all
+    n_test: int = 20_000  # likewise for the held-out set
     size: int = 32  # deadleaves: image side in pixels
     seed: int = 0
 
@@ -128,6 +130,151 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+# The allowed range of every numeric config key, checked on every load (a TOML file,
+# ``--set`` overrides, ``replace``): (low, high, low_open, high_open); None: no bound.
+# Every integer is also below 2**63 (torch and numpy take 64-bit integers), every float
+# finite. Tuples of integers: the range of each element.
+SEED = (0, 2**63, False, True)
+_AT_LEAST_1 = (1, None, False, False)  # a count or a period, where 0 has no meaning
+_AT_LEAST_0 = (0, None, False, False)  # 0: off, none or "all", as the field's comment says
+_POSITIVE = (0, None, True, False)
+_FRACTION = (0, 1, False, True)  # probabilities and decays: [0, 1)
+_ANY = (None, None, False, False)
+RANGES = {
+    "data.test_fraction": (0, 1, True, True),
+    "data.n_train": _AT_LEAST_0,  # 0 keeps a file's whole split (a generated set of 0 is refused as empty data)
+    "data.n_test": _AT_LEAST_0,
+    "data.size": _AT_LEAST_1,
+    "data.seed": SEED,
+    "process.T": _AT_LEAST_1,
+    "process.beta_1": _FRACTION,
+    "process.beta_start": (0, 1, True, True),
+    "process.beta_end": (0, 1, True, True),
+    "process.cosine_s": _POSITIVE,
+    "process.gamma_min": _ANY,
+    "process.gamma_max": _ANY,
+    "model.width": _AT_LEAST_1,
+    "model.depth": _AT_LEAST_1,
+    "model.time_dim": _AT_LEAST_1,
+    "model.fourier_frequencies": _AT_LEAST_0,
+    "model.fourier_min_exponent": (-64, 64, False, False),
+    "model.rbf_hidden": _AT_LEAST_1,
+    "model.base_channels": _AT_LEAST_1,
+    "model.channel_mults": _AT_LEAST_1,
+    "model.num_res_blocks": _AT_LEAST_1,
+    "model.attention_levels": _AT_LEAST_0,
+    "model.dropout": _FRACTION,
+    "model.conv_layers": _AT_LEAST_1,
+    "model.dense_layers": _AT_LEAST_1,
+    "model.n_bumps": _AT_LEAST_1,
+    "train.hybrid_lambda": _AT_LEAST_0,
+    "train.t_bins": _AT_LEAST_1,
+    "train.batch_size": _AT_LEAST_1,
+    "train.steps": _AT_LEAST_1,
+    "train.max_seconds": _AT_LEAST_0,
+    "train.lr": _POSITIVE,
+    "train.warmup_steps": _AT_LEAST_0,
+    "train.weight_decay": _AT_LEAST_0,
+    "train.grad_clip": _AT_LEAST_0,
+    "train.ema_decay": _FRACTION,
+    "train.seed": SEED,
+    "train.log_every": _AT_LEAST_1,
+    "train.checkpoint_every": _AT_LEAST_1,
+    "train.threads": _AT_LEAST_0,
+    "eval.n_t": _AT_LEAST_1,
+    "eval.batch_size": _AT_LEAST_1,
+    "eval.max_examples": _AT_LEAST_0,
+    "eval.samples": _AT_LEAST_0,
+    "eval.sample_steps": _AT_LEAST_0,
+    "eval.iw_M": _AT_LEAST_0,
+    "eval.iw_examples": _AT_LEAST_1,
+    "eval.iw_steps": _AT_LEAST_0,
+    "eval.seed": SEED,
+}
+_INT_LIMIT = 2**63
+
+
+def _bound(v) -> str:
+    return "2**63" if v == _INT_LIMIT else f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def describe_range(rng, integer: bool) -> str:
+    """A range of ``RANGES`` in words: "an integer >= 1", "a finite number in [0, 1)".
+    Shapes: none."""
+    lo, hi, lo_open, hi_open = rng
+    what = "an integer" if integer else "a finite number"
+    if lo is not None and hi is not None:
+        return f"{what} in {'(' if lo_open else '['}{_bound(lo)}, {_bound(hi)}{')' if hi_open else ']'}"
+    if lo is not None:
+        return f"{what} {'>' if lo_open else '>='} {_bound(lo)}"
+    if hi is not None:
+        return f"{what} {'<' if hi_open else '<='} {_bound(hi)}"
+    return what
+
+
+def in_range(value, rng, integer: bool) -> bool:
+    """Whether a number lies in a range of ``RANGES`` (integers also below 2**63, floats
+    also finite). Shapes: none."""
+    lo, hi, lo_open, hi_open = rng
+    if integer and not -_INT_LIMIT <= value < _INT_LIMIT:
+        return False
+    if not integer and not math.isfinite(value):
+        return False
+    if lo is not None and (value <= lo if lo_open else value < lo):
+        return False
+    if hi is not None and (value >= hi if hi_open else value > hi):
+        return False
+    return True
+
+
+# A run's name is its folder under runs/: one plain path component.
+_NAME_CHARS_REFUSED = ("/", "\\", "\0")
+
+
+def is_plain_name(name: str) -> bool:
+    """Whether a run name is one plain folder name: not empty, not . or .., no path
+    separator or NUL, no surrounding spaces, at most 200 bytes. Shapes: none."""
+    return not (not name or name in (".", "..") or any(c in name for c in _NAME_CHARS_REFUSED)
+                or name != name.strip() or len(name.encode("utf-8", "surrogateescape")) > 200)
+
+
+def _check_name(name: str) -> None:
+    if not is_plain_name(name):
+        raise ConfigError(f"config key 'name' must be a plain folder name (no '/', '\\', '..', surrounding spaces, "
+                          f"at most 200 bytes; the run folder is runs/NAME), got {name!r}")
+
+
+def validate(cfg: Config) -> Config:
+    """Check every numeric value of a config against ``RANGES``, the name against a
+    plain folder name, and gamma_min < gamma_max; raise a ``ConfigError`` naming the
+    key and its allowed range. Returns cfg. Shapes: none."""
+    _check_name(cfg.name)
+    for section in dataclasses.fields(cfg):
+        sub = getattr(cfg, section.name)
+        if not dataclasses.is_dataclass(sub):
+            continue
+        for f in dataclasses.fields(sub):
+            key = f"{section.name}.{f.name}"
+            value = getattr(sub, f.name)
+            if isinstance(value, (str, bool)):
+                continue
+            rng = RANGES[key]
+            integer = f.type != "float"
+            values = value if isinstance(value, tuple) else (value,)
+            if isinstance(value, tuple) and key == "model.channel_mults" and not value:
+                raise ConfigError(f"config key {key!r} must be a non-empty list of integers >= 1, got []")
+            for v in values:
+                if not in_range(v, rng, integer):
+                    what = describe_range(rng, integer)
+                    if isinstance(value, tuple):
+                        what = f"a list of {what.replace('an integer', 'integers')}"
+                    raise ConfigError(f"config key {key!r} must be {what}, got {list(value) if isinstance(value, tuple) else value!r}")
+    p = cfg.process
+    if not p.gamma_min < p.gamma_max:
+        raise ConfigError(f"config keys 'process.gamma_min' ({p.gamma_min:g}) and 'process.gamma_max' "
+                          f"({p.gamma_max:g}): gamma_min must be below gamma_max")
+    return cfg
+
 
 def _coerce(value: Any, typ: Any, key: str) -> Any:
     """Check a TOML value against a field's type; ints are accepted for floats."""
@@ -171,7 +318,8 @@ def from_dict(cls, data: dict, prefix: str = ""):
             kwargs[name] = from_dict(f.default_factory, value, prefix + name + ".")
         else:
             kwargs[name] = _coerce(value, typ, prefix + name)
-    return cls(**kwargs)
+    cfg = cls(**kwargs)
+    return validate(cfg) if cls is Config else cfg
 
 
 def to_dict(cfg) -> dict:
@@ -244,4 +392,5 @@ def replace(cfg, **sections):
     for name, values in sections.items():
         sub = getattr(cfg, name)
         changes[name] = dataclasses.replace(sub, **values) if isinstance(values, dict) else values
-    return dataclasses.replace(cfg, **changes)
+    new = dataclasses.replace(cfg, **changes)
+    return validate(new) if isinstance(new, Config) else new

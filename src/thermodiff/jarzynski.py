@@ -119,7 +119,8 @@ def summarize_iw(model: DiffusionModel, logw: torch.Tensor, y: torch.Tensor, ste
 
     iw_bits (data's own units, Jacobian of the scaling included), iw_bits_scaled,
     iw_stderr_bits (standard error over examples), iw_M, iw_steps (hops of the chain),
-    iw_n_examples, and iw_curve: the estimate at each M of ``m_ladder`` from the same
+    iw_n_examples (the standard errors are NaN for one example, with an
+    ``iw_stderr_note`` saying why), and iw_curve: the estimate at each M of ``m_ladder`` from the same
     trajectories (M = 1 is K's estimator for this chain). With the exact log-likelihood
     per example (nats, scaled units) each curve point carries its gap, exact minus the
     estimate, paired over the same examples, with its standard error, and
@@ -152,6 +153,8 @@ def summarize_iw(model: DiffusionModel, logw: torch.Tensor, y: torch.Tensor, ste
         "iw_n_examples": n,
         "iw_curve": curve,
     }
+    if n < 2:
+        record["iw_stderr_note"] = "one example: no standard errors (NaN here, null in JSON)"
     if exact_scaled is not None:
         record["iw_gap_bits"], record["iw_gap_stderr_bits"] = top["gap_bits"], top["gap_stderr_bits"]
         record["iw_exact_bits_scaled"] = mean_se(exact_scaled.to(torch.float64))[0]

@@ -235,7 +235,8 @@ def summarize(model: DiffusionModel, terms: BoundTerms, y: torch.Tensor) -> dict
     Bernoullis at the training data's rate of ones (binary data are never scaled, so
     there K_bits equals K_bits_scaled); bits_per_dim: -K_bits / D;
     stderr_bits: standard error of the mean K over examples (covers both the spread
-    of K over the data and the Monte Carlo noise of each example's estimate);
+    of K over the data and the Monte Carlo noise of each example's estimate; NaN for
+    a single example, with a ``stderr_note`` saying why; ``write_json`` writes null);
     terms_bits: the diffusion term's contributions to -K per step or time bin,
     at times terms_t.
 
@@ -250,7 +251,7 @@ def summarize(model: DiffusionModel, terms: BoundTerms, y: torch.Tensor) -> dict
     k_bits = k_scaled_bits + log_det / LN2
     l_null_bits = float(bits(l_null.mean()))
     stderr = float(bits(k_scaled.std(unbiased=True)) / math.sqrt(n)) if n > 1 else float("nan")
-    return {
+    record = {
         "K_bits": k_bits,
         "K_bits_scaled": k_scaled_bits,
         "L_null_bits": l_null_bits,
@@ -266,3 +267,6 @@ def summarize(model: DiffusionModel, terms: BoundTerms, y: torch.Tensor) -> dict
         "terms_t": [float(v) for v in terms.t],
         "scale": float(model.scaler.scale),
     }
+    if n < 2:
+        record["stderr_note"] = "one example: no standard errors (NaN here, null in JSON)"
+    return record

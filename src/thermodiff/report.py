@@ -10,6 +10,7 @@ exact log-likelihood, the importance-weighted estimate) come from ``evaluation``
 from __future__ import annotations
 
 import json
+import math
 from html import escape
 from pathlib import Path
 
@@ -27,13 +28,32 @@ from .sampling.ancestral import drift, sample
 from .run_folder import load_run
 
 
+def _finite_or_none(value):
+    """A record with every NaN and infinity (floats, also inside lists and dicts) as
+    None, so that the JSON is strict (null, not NaN). Shapes: none."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
 def write_json(path: str | Path, record: dict) -> None:
-    """Write JSON atomically (temp file in the same folder, then rename)."""
+    """Write a record as strict JSON, atomically (temp file in the same folder, then
+    rename): NaN and infinities become null (a standard error of one example is
+    undefined; its record says why in a ``*_note`` field), and nothing else non-finite
+    is ever written (``allow_nan=False``)."""
     path = Path(path)
+    text = json.dumps(_finite_or_none(record), indent=2, allow_nan=False) + "\n"
+    if path.is_dir():
+        from .errors import DataError
+
+        raise DataError(f"{path}: is a folder; give a file name for the JSON record")
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as f:
-        json.dump(record, f, indent=2)
-        f.write("\n")
+        f.write(text)
 
 
 def figures(model: DiffusionModel, data_train: torch.Tensor, record: dict, out: str | Path, seed: int = 0, n: int = 2000,

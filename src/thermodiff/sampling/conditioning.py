@@ -83,10 +83,12 @@ def _replace(r: Known, model, n, device, c: Conditioning):
 
 
 def _start(r: GaussianObservation, model, n, device, c: Conditioning):
-    # A noisy observation is a latent only of the Gaussian forward process.
+    # A noisy observation is a latent only of the Gaussian forward process. The
+    # condition's own check first: on binary data it names the real problem (a Gaussian
+    # observation conditions continuous data), not the default method.
+    r.check(model)
     if "noisy-latents" not in model.process.supports:
         raise ConfigError("method start is for the Gaussian process")
-    r.check(model)
     y, sigma, _ = r.scaled(model)
     return Chain(c.kernel, Sample(), FromObservation(y, sigma))
 

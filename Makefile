@@ -16,7 +16,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# `thermodiff demo` refuses a folder holding a trained run: the target starts its own afresh.
 demo: $(STAMP)
+	rm -rf demo
 	$(BIN)/thermodiff demo --out demo
 
 # Two test workers on two cores, one torch thread each: more threads than cores make
@@ -25,6 +27,7 @@ test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 tests
 
 bench-smoke: $(STAMP)
+	rm -rf runs/bench-swissroll-smoke runs/bench-swissroll-paper-smoke
 	$(BIN)/thermodiff --quiet bench swissroll --smoke --json runs/smoke-swissroll.json
 	$(BIN)/thermodiff --quiet bench swissroll-paper --smoke --json runs/smoke-swissroll-paper.json
 

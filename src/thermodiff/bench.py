@@ -22,7 +22,8 @@ from .parzen import parzen
 from .report import figures as draw
 from .report import markdown, write_json
 from .sampling.ancestral import sample, time_grid
-from .run_folder import CHECKPOINT, CONFIG, METRICS, load_run
+from .errors import ConfigError
+from .run_folder import CHECKPOINT, load_run, refuse_trained
 from .train import fit
 
 BENCHMARKS = {
@@ -124,17 +125,19 @@ def device_name() -> str:
 
 def run_benchmark(name: str, cfg: config_mod.Config, out: Path, progress: bool = True, figures: bool = True,
                   fresh: bool = False) -> dict:
-    """Train (from scratch when fresh), evaluate, draw figures, write out/eval.json and
+    """Train (from scratch when fresh: a folder holding a trained run is refused, never
+    deleted), evaluate, draw figures, write out/eval.json and
     out/report.md. Returns the record."""
     out = Path(out)
-    if fresh:
-        # Start over, removing only the files a run writes (never the folder itself:
-        # --out may name a folder that holds other things).
-        for file in (CHECKPOINT, CONFIG, METRICS):
-            (out / file).unlink(missing_ok=True)
+    if fresh and (out / CHECKPOINT).exists():
+        # A trained run is never deleted, a previous benchmark of the same name included
+        # (its budget may be wall-clock seconds, which no rerun reproduces). A folder
+        # without a checkpoint holds no trained state: training takes it over (its
+        # config and metrics are replaced; other files in it are left alone).
+        raise ConfigError(refuse_trained(out))
     dataset = data_mod.load(cfg.data)
     t0 = time.perf_counter()
-    fit(cfg, dataset, out, progress=progress)
+    fit(cfg, dataset, out, progress=progress, fresh=fresh)  # fresh: checked again under the run's lock
     wall = time.perf_counter() - t0
     _, model, meta = load_run(out, use_ema=cfg.eval.use_ema)
     record = {"benchmark": name}

@@ -8,24 +8,43 @@
   (``TrainingState``: model, EMA, optimiser, time sampler, the generator's state, the
   step and the seconds spent) plus the config, written atomically (``checkpoint``).
 - ``metrics.jsonl``: one JSON line per logged step. On resume the lines logged after
-  the checkpoint are dropped: training redoes those steps and logs them again.
+  the checkpoint are dropped (on a start from step 0: all of them): training redoes
+  those steps and logs them again. A damaged line (not a JSON object with an integer
+  step, not UTF-8) is where the file is cut. A symbolic link there is refused, never
+  written through.
+- ``.lock``: one training process per folder holds an ``fcntl.flock`` on it (``lock``);
+  a second one is refused. The kernel drops the lock when its process dies, so a
+  killed run never blocks the next.
+
+Only a checkpoint holds trained state. A folder with a config but no checkpoint (a
+start that failed or was killed before its first checkpoint) is taken over by the next
+start, whatever its config. With a checkpoint, ``config.toml`` is rewritten only
+together with a checkpoint (just after it), so a longer resume killed before its next
+checkpoint leaves the run as it was; and ``load_run`` trusts the checkpoint's embedded
+config where ``config.toml`` differs from it only in the budget (a kill between the
+two renames). ``start`` removes the temporary files a killed atomic write left behind.
 
 ``load_run`` reads a finished (or interrupted) run back for evaluation and sampling.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch.optim.swa_utils import AveragedModel
 
 from . import checkpoint
 from . import config as config_mod
 from .atomic import atomic_write
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, ThermodiffError, one_line
 from .model import DiffusionModel, build_model
 from .objectives import make_time_sampler
 from .time_sampler import TimeSampler
@@ -33,6 +52,7 @@ from .time_sampler import TimeSampler
 CHECKPOINT = "checkpoint.safetensors"
 CONFIG = "config.toml"
 METRICS = "metrics.jsonl"
+LOCK = ".lock"
 
 
 @dataclass
@@ -50,29 +70,93 @@ class TrainingState:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    with atomic_write(path) as f:
-        f.write(text)
+    """Write `text` to `path` atomically; a failure (a full disk, a read-only folder) is
+    one line naming the file, and `path` keeps its previous content."""
+    try:
+        with atomic_write(path) as f:
+            f.write(text)
+    except OSError as exc:
+        raise ThermodiffError(f"{path}: cannot write ({exc.strerror or one_line(exc)}); "
+                              "its previous content is intact") from None
 
 
 def resumable(saved: config_mod.Config, cfg: config_mod.Config) -> bool:
     """A run may continue with a longer budget, nothing else changed."""
-    budget = {"steps": 0, "max_seconds": 0.0}
+    budget = {"steps": 1, "max_seconds": 0.0}  # any valid budget: only the rest is compared
     return config_mod.replace(saved, train=budget) == config_mod.replace(cfg, train=budget)
 
 
-def start(out: Path, cfg: config_mod.Config) -> None:
-    """Create (or reopen) the run folder `out` for `cfg` and write its config.toml.
+@contextmanager
+def lock(out: Path):
+    """Hold the run folder `out` (created where missing) for this process: an exclusive
+    ``fcntl.flock`` on ``out / LOCK``, released on exit or when the process dies.
 
-    Raises ConfigError where `out` is a file or holds a run with another config.
+    Raises ConfigError where `out` is a file, and ThermodiffError where another process
+    holds the folder.
     """
+    out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} is a file; --out must name a run folder")
-    if (out / CONFIG).exists():
-        saved = config_mod.load(out / CONFIG)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as exc:
+        raise ThermodiffError(f"{out}: cannot open the run folder ({one_line(exc)})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise ThermodiffError(f"{out} is in use by another thermodiff process; wait for it to finish "
+                                      "or choose another --out") from None
+            raise ThermodiffError(f"{out}: cannot lock the run folder ({one_line(exc)})") from None
+        yield out
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def remove_stale_temps(out: Path) -> None:
+    """Remove the temporary files of atomic writes (``.NAME.*.tmp``) of the run's files,
+    left by a process killed mid-write. Only under ``lock``: no live writer then."""
+    for name in (CHECKPOINT, CONFIG, METRICS):
+        for tmp in out.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def start(out: Path, cfg: config_mod.Config, fresh: bool = False) -> None:
+    """Open the run folder `out` for `cfg`; the caller holds ``lock(out)``.
+
+    With a checkpoint the run continues (config.toml is then rewritten with the next
+    checkpoint, not here); without one the folder holds no trained state and `cfg`
+    takes it over. `fresh` (demo, bench): a checkpoint is refused, never deleted.
+
+    Raises ConfigError where `out` holds a run with another config (or any run, when
+    fresh), or a symbolic link as its metrics file.
+    """
+    metrics = out / METRICS
+    if metrics.is_symlink():
+        raise ConfigError(f"{metrics} is a symbolic link; thermodiff does not write through it: remove it")
+    if metrics.exists() and not metrics.is_file():
+        raise ConfigError(f"{metrics} is not a file; remove it")
+    remove_stale_temps(out)
+    if (out / CHECKPOINT).exists():
+        if fresh:
+            raise ConfigError(refuse_trained(out))
+        if (out / CONFIG).exists():
+            saved = config_mod.load(out / CONFIG)
+        else:  # config.toml removed: the checkpoint's own config is the run's
+            _, meta = checkpoint.load(out / CHECKPOINT)
+            saved = config_mod.from_dict(config_mod.Config, meta["config"])
         if not resumable(saved, cfg):
             raise ConfigError(f"{out} holds a run with a different config; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+        return
     _write_text_atomic(out / CONFIG, config_mod.dumps(cfg))
+
+
+def refuse_trained(out: Path) -> str:
+    """The one line for a demo or benchmark pointed at a folder holding a trained run."""
+    return (f"{out} holds a trained run ({CHECKPOINT}); choose another --out, "
+            "or remove the folder to train it again")
 
 
 def save_checkpoint(out: Path, state: TrainingState, cfg: config_mod.Config) -> None:
@@ -86,7 +170,20 @@ def save_checkpoint(out: Path, state: TrainingState, cfg: config_mod.Config) -> 
     if state.ema is not None:
         states["ema"] = state.ema.state_dict()
     meta = {"step": state.step, "train_seconds": state.seconds, "config": config_mod.to_dict(cfg)}
-    checkpoint.save(out / CHECKPOINT, states, meta)
+    path = out / CHECKPOINT
+    try:
+        checkpoint.save(path, states, meta)
+    except (OSError, SafetensorError) as exc:  # a full disk: the previous checkpoint stays
+        raise CheckpointError(f"{path}: cannot write the checkpoint ({one_line(exc)}); "
+                              "the previous checkpoint is intact") from None
+    # config.toml follows the checkpoint (a longer budget is recorded only once trained on).
+    text = config_mod.dumps(cfg)
+    try:
+        same = (out / CONFIG).is_file() and (out / CONFIG).read_bytes() == text.encode()
+    except OSError:
+        same = False
+    if not same:
+        _write_text_atomic(out / CONFIG, text)
 
 
 def resume(out: Path, state: TrainingState) -> bool:
@@ -97,6 +194,7 @@ def resume(out: Path, state: TrainingState) -> bool:
     """
     path = out / CHECKPOINT
     if not path.exists():
+        truncate_metrics(out / METRICS, 0)  # no trained state: every step is redone
         return False
     states, meta = checkpoint.load(path)
     try:
@@ -116,16 +214,28 @@ def resume(out: Path, state: TrainingState) -> bool:
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop metric lines logged after the checkpoint we resume from (they will be redone)."""
+    """Drop metric lines logged after the checkpoint we resume from (they will be redone).
+
+    The first unreadable line (cut by a kill, not UTF-8, not a JSON object with an
+    integer "step") is the cut: it and everything after it are dropped.
+    """
     if not path.exists():
         return
     keep = []
-    for line in path.read_text().splitlines():
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as exc:
+        raise ThermodiffError(f"{path}: cannot read the metrics ({exc.strerror or one_line(exc)})") from None
+    for raw in lines:
         try:
-            if json.loads(line).get("step", 0) <= last_step:
-                keep.append(line)
-        except json.JSONDecodeError:
-            break  # a line cut by a kill: everything after it is gone too
+            record = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            break
+        step = record.get("step") if isinstance(record, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool):
+            break
+        if step <= last_step:
+            keep.append(raw.decode("utf-8"))
     _write_text_atomic(path, "".join(s + "\n" for s in keep))
 
 
@@ -140,9 +250,9 @@ def load_run(run: str | Path, use_ema: bool = True, device: str = "cpu"):
     cfg = config_mod.load(run / CONFIG) if (run / CONFIG).exists() else None
     states, meta = checkpoint.load(run / CHECKPOINT)
     saved = config_mod.from_dict(config_mod.Config, meta.get("config", {}))
-    if cfg is not None and cfg != saved:
+    if cfg is not None and cfg != saved and not resumable(cfg, saved):
         raise CheckpointError(f"{run}: {CONFIG} does not match the checkpoint's config")
-    cfg = saved
+    cfg = saved  # the checkpoint's config rules (config.toml may differ in the budget)
     shape = tuple(states["model"]["scaler.shift"].shape)
     model = build_model(cfg, shape)
     state = states["model"]

@@ -6,14 +6,20 @@ returns the per-example loss, every trainable parameter is used in it, and one
 included: ``variance_gradient``). The loop keeps the learning-rate schedule, the batch
 draw, AdamW with gradient clipping, an EMA of the weights (torch's own AveragedModel),
 logging to ``metrics.jsonl`` and checkpoints inline; the run folder (config, checkpoint,
-resume, metrics) is ``run_folder``'s. Running ``fit`` again on a run folder continues
-from its last checkpoint, draw for draw.
+resume, metrics, lock) is ``run_folder``'s. Running ``fit`` again on a run folder
+continues from its last checkpoint, draw for draw. Ctrl-C (SIGINT) is taken at the end
+of the step it lands in: that step's checkpoint is written, then KeyboardInterrupt is
+raised, so a rerun continues from the interrupted step (a second Ctrl-C interrupts at
+once, without a checkpoint).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -164,8 +170,54 @@ def _fitted_model(cfg: config_mod.Config, data: Dataset) -> DiffusionModel:
     return model
 
 
-def fit(cfg: config_mod.Config, data: Dataset, out: str | Path, progress: bool = True, log=print) -> DiffusionModel:
-    """Train (or resume) a model on data.train, writing the run folder `out`.
+class _Interrupt:
+    """SIGINT deferred to the end of the step: ``requested`` is set by the first Ctrl-C,
+    which restores the previous handler, so a second one interrupts at once. Installed
+    only in the main thread (the only one signals reach)."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = None
+
+    def __enter__(self):
+        # Not where signals cannot reach, nor over a handler installed outside Python
+        # (getsignal gives None: it could not be put back).
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not None:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, self.previous)
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def _append_line(fd: int, path: Path, line: str) -> None:
+    """Append one metrics line whole or not at all: on a failed write (a full disk) the
+    file is cut back to where it was, and the error is one line naming the file."""
+    data = line.encode("utf-8")
+    end = os.lseek(fd, 0, os.SEEK_END)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError as exc:
+        try:
+            os.ftruncate(fd, end)
+        except OSError:
+            pass
+        raise ThermodiffError(f"{path}: cannot write the metrics ({exc.strerror or exc}); "
+                              "the last checkpoint is intact") from None
+
+
+def fit(cfg: config_mod.Config, data: Dataset, out: str | Path, progress: bool = True, log=print,
+        fresh: bool = False) -> DiffusionModel:
+    """Train (or resume) a model on data.train, writing the run folder `out`, which this
+    process holds (``run_folder.lock``) until it returns. `fresh` (demo, bench): refuse
+    a folder that holds a trained run rather than continue it.
 
     Returns the EMA model (or the model when EMA is off) on the CPU.
     """
@@ -180,12 +232,25 @@ def fit(cfg: config_mod.Config, data: Dataset, out: str | Path, progress: bool =
     torch.manual_seed(tc.seed)
     model = _fitted_model(cfg, data).to(device)
     sampler = make_time_sampler(model, tc.t_sampling, tc.t_bins)
-    run_folder.start(out, cfg)
-    optimizer, ema = make_optimizer(model, tc)
-    gen = torch.Generator().manual_seed(tc.seed)  # every draw of training, in a fixed order
-    state = run_folder.TrainingState(model, optimizer, sampler, gen, ema)
-    if run_folder.resume(out, state):
-        log(f"resuming {out} from step {state.step}")
+    with run_folder.lock(out):
+        run_folder.start(out, cfg, fresh=fresh)
+        optimizer, ema = make_optimizer(model, tc)
+        gen = torch.Generator().manual_seed(tc.seed)  # every draw of training, in a fixed order
+        state = run_folder.TrainingState(model, optimizer, sampler, gen, ema)
+        if run_folder.resume(out, state):
+            log(f"resuming {out} from step {state.step}")
+        _loop(cfg, data, out, state, precision, device, progress)
+        run_folder.save_checkpoint(out, state, cfg)
+    final = ema.module if ema is not None else model
+    return final.cpu().eval()
+
+
+def _loop(cfg: config_mod.Config, data: Dataset, out: Path, state: run_folder.TrainingState,
+          precision: torch.dtype | None, device: torch.device, progress: bool) -> None:
+    """The training loop: `state` (its objects in place) from state.step to the end of
+    the budget, logging to and checkpointing into `out`."""
+    tc = cfg.train
+    model, optimizer, sampler, gen, ema = state.model, state.optimizer, state.sampler, state.generator, state.ema
     objective = Objective(model, tc.objective, sampler, tc.hybrid_lambda)
 
     # The whole training set lives on the device, already scaled: batches are an index.
@@ -201,49 +266,54 @@ def fit(cfg: config_mod.Config, data: Dataset, out: str | Path, progress: bool =
         from tqdm import tqdm
 
         bar = tqdm(total=tc.steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
-    metrics = open(out / METRICS, "a")
+    # O_NOFOLLOW: a symbolic link put there after start() is refused, not written through.
+    metrics_path = out / METRICS
+    try:
+        metrics = os.open(metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as exc:
+        raise ThermodiffError(f"{metrics_path}: cannot open the metrics ({exc.strerror or exc})") from None
     model.train()
     try:
-        while budget_used() < 1.0:
-            t0 = time.perf_counter()
-            # The schedule follows whichever budget (steps or seconds) is further spent,
-            # so a time-limited run still ends with a decayed learning rate.
-            lr = tc.lr * lr_factor(tc.lr_schedule, budget_used(), state.step, tc.warmup_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            # A batch, and for integer levels fresh uniform noise in [0, 1) level, in model units.
-            idx = torch.randint(0, n, (tc.batch_size,), generator=gen).to(device)
-            x = x_train[idx]
-            if data.dequantize:
-                u = torch.rand(x.shape, generator=gen).to(device)
-                x = x + u / model.scaler.scale.to(device=device, dtype=x.dtype)
-            # The step: forward, backward, clip, AdamW; then the EMA follows the weights.
-            stats = train_step(objective, optimizer, x, tc, sampler, gen, precision)
-            if ema is not None:
-                ema.update_parameters(model)
-            state.step += 1
-            state.seconds += time.perf_counter() - t0
-            if not math.isfinite(stats["loss"]):
-                raise ThermodiffError(f"loss became {stats['loss']} at step {state.step}; try a lower train.lr")
-            # Logging: a metrics line every log_every steps and at the end of the budget.
-            if state.step % tc.log_every == 0 or budget_used() >= 1.0:
-                record = {"step": state.step, "loss": stats["loss"], "lr": lr, "grad_norm": stats["grad_norm"],
-                          "seconds": round(state.seconds, 3)}
-                if tc.objective == "bound":
-                    record["bound_bits"] = -stats["loss"] / math.log(2)  # K estimate, scaled data
-                metrics.write(json.dumps(record) + "\n")
-                metrics.flush()
+        with _Interrupt() as interrupt:
+            while budget_used() < 1.0:
+                t0 = time.perf_counter()
+                # The schedule follows whichever budget (steps or seconds) is further spent,
+                # so a time-limited run still ends with a decayed learning rate.
+                lr = tc.lr * lr_factor(tc.lr_schedule, budget_used(), state.step, tc.warmup_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                # A batch, and for integer levels fresh uniform noise in [0, 1) level, in model units.
+                idx = torch.randint(0, n, (tc.batch_size,), generator=gen).to(device)
+                x = x_train[idx]
+                if data.dequantize:
+                    u = torch.rand(x.shape, generator=gen).to(device)
+                    x = x + u / model.scaler.scale.to(device=device, dtype=x.dtype)
+                # The step: forward, backward, clip, AdamW; then the EMA follows the weights.
+                stats = train_step(objective, optimizer, x, tc, sampler, gen, precision)
+                if ema is not None:
+                    ema.update_parameters(model)
+                state.step += 1
+                state.seconds += time.perf_counter() - t0
+                if not math.isfinite(stats["loss"]):
+                    raise ThermodiffError(f"loss became {stats['loss']} at step {state.step}; try a lower train.lr")
+                # Logging: a metrics line every log_every steps and at the end of the budget.
+                if state.step % tc.log_every == 0 or budget_used() >= 1.0:
+                    record = {"step": state.step, "loss": stats["loss"], "lr": lr, "grad_norm": stats["grad_norm"],
+                              "seconds": round(state.seconds, 3)}
+                    if tc.objective == "bound":
+                        record["bound_bits"] = -stats["loss"] / math.log(2)  # K estimate, scaled data
+                    _append_line(metrics, metrics_path, json.dumps(record) + "\n")
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{stats['loss']:.4f}")
+                # Checkpointing: everything needed to continue draw for draw; and on Ctrl-C,
+                # which lands here (the step is whole), before stopping.
+                if state.step % tc.checkpoint_every == 0 or interrupt.requested:
+                    run_folder.save_checkpoint(out, state, cfg)
+                if interrupt.requested:
+                    raise KeyboardInterrupt
                 if bar is not None:
-                    bar.set_postfix(loss=f"{stats['loss']:.4f}")
-            # Checkpointing: everything needed to continue draw for draw.
-            if state.step % tc.checkpoint_every == 0:
-                run_folder.save_checkpoint(out, state, cfg)
-            if bar is not None:
-                bar.update(1)
+                    bar.update(1)
     finally:
-        metrics.close()
+        os.close(metrics)
         if bar is not None:
             bar.close()
-    run_folder.save_checkpoint(out, state, cfg)
-    final = ema.module if ema is not None else model
-    return final.cpu().eval()

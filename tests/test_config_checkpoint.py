@@ -55,7 +55,7 @@ def test_checkpoint_round_trip(tmp_path):
     opt.step()
     path = tmp_path / "c.safetensors"
     checkpoint.save(path, {"model": net.state_dict(), "optimizer": opt.state_dict()}, {"step": 7})
-    states, meta = checkpoint.load(path)
+    states, meta = checkpoint.load(path, run=False)  # not a run folder's checkpoint
     assert meta == {"step": 7}
     for k, v in net.state_dict().items():
         assert torch.equal(states["model"][k], v)

@@ -47,11 +47,35 @@ class AffineScaler(nn.Module):
         Shapes: y (N, *D).
         """
         y = y.to(torch.float64)
-        self.shift.copy_(y.mean(0))
-        var = ((y - self.shift) ** 2).mean()
-        if not torch.isfinite(var) or var <= 0:
+        # Scale-safe: the spread is computed on y / 2^k with 2^k >= max|y| (values in
+        # [-1, 1]), so squaring neither overflows (data near 1e200) nor underflows (near
+        # 1e-200) to a false zero; dividing by a power of two is exact, so ordinary data
+        # get the same shift and scale to the bit as without it.
+        top = y.abs().max()
+        if not torch.isfinite(top):
+            raise DataError("the training data hold NaN or inf")
+        if top == 0:
             raise DataError("the training data have zero variance: every example is the same")
-        self.scale.copy_(var.sqrt())
+        big = torch.ldexp(torch.ones((), dtype=torch.float64), torch.frexp(top).exponent.clamp(max=1023))
+        z = y / big
+        z_shift = z.mean(0)
+        z_var = ((z - z_shift) ** 2).mean()
+        if z_var <= 0:
+            raise DataError("the training data have zero variance: every example is the same")
+        scale = z_var.sqrt() * big
+        info = torch.finfo(torch.float64)
+        if not scale >= info.tiny:
+            raise DataError(
+                f"the training data's spread ({float(scale):.3g}) is below float64's smallest normal number "
+                f"({info.tiny:.3g}): rescale the data"
+            )
+        if not scale <= info.max / 1e6:
+            raise DataError(
+                f"the training data's spread ({float(scale):.3g}) is too close to float64's largest value "
+                f"({info.max:.3g}) to sample from: rescale the data"
+            )
+        self.shift.copy_(z_shift * big)
+        self.scale.copy_(scale)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         """Shapes: y (B, *D) -> (B, *D) float32."""

@@ -95,6 +95,29 @@ def _read_npz(path: Path) -> np.ndarray:
     return arr
 
 
+# Separators a spreadsheet may use instead of the expected one (semicolons: locales
+# with a decimal comma).
+_OTHER_SEPARATORS = {";": "semicolons", "\t": "tabs", "|": "vertical bars"}
+
+
+def _separator_hint(cell: str, delimiter: str | None) -> str:
+    """' (the values are separated by semicolons ...)' where a cell holds another separator."""
+    for sep, name in _OTHER_SEPARATORS.items():
+        if sep != delimiter and sep in cell:
+            expected = "commas" if delimiter == "," else "whitespace"
+            return f" (the values look separated by {name}; expected {expected})"
+    return ""
+
+
+def _numbers_by_other_separator(line: str, delimiter: str | None) -> str | None:
+    """The name of another separator that splits `line` into numbers, else None: such
+    a line is data written with the wrong separator, not a header."""
+    for sep, name in _OTHER_SEPARATORS.items():
+        if sep != delimiter and sep in line and all(_is_number(c) for c in line.split(sep)):
+            return name
+    return None
+
+
 def _locate_text_error(path: Path, lines: list[str], kept: list[int], start: int, delimiter: str | None) -> None:
     """Find the first ragged row or non-numeric cell and raise a DataError naming
     its line. Only run after the fast parser has failed, so the per-line Python
@@ -108,12 +131,17 @@ def _locate_text_error(path: Path, lines: list[str], kept: list[int], start: int
             raise DataError(f"{path}: line {i + 1} has {len(cells)} columns, expected {n_cols}")
         for j, cell in enumerate(cells):
             if not _is_number(cell):
-                raise DataError(f"{path}: line {i + 1}, column {j + 1}: non-numeric value {cell.strip()!r}")
+                raise DataError(
+                    f"{path}: line {i + 1}, column {j + 1}: non-numeric value {cell.strip()!r}"
+                    + _separator_hint(cell, delimiter)
+                )
 
 
 def _read_text(path: Path, ext: str) -> np.ndarray:
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig drops the byte-order mark spreadsheet programs write first: left
+        # in, it would make the first number unreadable (and the first row a "header").
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read text file ({one_line(exc)})") from None
     lines = text.splitlines()
@@ -126,6 +154,10 @@ def _read_text(path: Path, ext: str) -> np.ndarray:
     # A header is a first line none of whose cells is a number; a line mixing names
     # and numbers is a malformed data line and is reported as such below.
     start = 1 if not any(_is_number(cell) for cell in first.split(delimiter)) else 0
+    other = _numbers_by_other_separator(first, delimiter) if start else None
+    if other:
+        expected = "commas" if delimiter == "," else "commas or whitespace"
+        raise DataError(f"{path}: line {kept[0] + 1}: the values are separated by {other}; expected {expected}")
     if start == len(kept):
         raise DataError(f"{path}: file holds a header line but no data")
     body = [lines[i] for i in kept[start:]]

@@ -92,79 +92,135 @@ _ROOT_HINT = "set data.root to the folder holding the MNIST IDX files"
 def read_file(path: Path) -> bytes:
     """A data file's bytes, or a one-line DataError naming it (missing, not a regular
     file, unreadable). Shapes: none."""
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    if not path.is_file():
-        raise DataError(f"{path}: not a regular file")
+    _check_regular_file(path)
     try:
         return path.read_bytes()
     except OSError as exc:
         raise DataError(f"{path}: cannot read file ({one_line(exc)})") from None
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The file's contents, decompressed if it is gzip."""
-    raw = read_file(path)
-    if not raw.startswith(_GZIP_MAGIC):
-        return raw
+# A deflate stream expands at most about 1032-fold: a header declaring more data than
+# the compressed file can hold is refused before anything is read or allocated.
+_MAX_DEFLATE_RATIO = 1032
+# Trailing bytes are counted up to this many, then the file is refused unread.
+_TRAILING_COUNT_LIMIT = 1 << 20
+_CHUNK = 1 << 24
+
+
+def _open(path: Path):
+    """(a binary stream of the file's contents, decompressed if it is gzip; the most
+    bytes it can yield). Shapes: none."""
+    _check_regular_file(path)
     try:
-        return gzip.decompress(raw)
+        size = path.stat().st_size
+        handle = open(path, "rb")
+        magic = handle.read(len(_GZIP_MAGIC))
+        handle.seek(0)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read file ({one_line(exc)})") from None
+    if magic != _GZIP_MAGIC:
+        return handle, size
+    handle.close()
+    try:
+        return gzip.open(path, "rb"), size * _MAX_DEFLATE_RATIO + 1024
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read file ({one_line(exc)})") from None
+
+
+def _read_exactly(path: Path, stream, n: int) -> bytes:
+    """Up to n bytes of the stream (fewer only at its end), read in bounded chunks.
+
+    Raises a one-line DataError for a corrupt gzip stream (truncated, bad CRC, bad
+    deflate data) or an unreadable file."""
+    parts, left = [], n
+    try:
+        while left > 0:
+            part = stream.read(min(left, _CHUNK))
+            if not part:
+                break
+            parts.append(part)
+            left -= len(part)
     # EOFError: stream cut short; BadGzipFile (an OSError): bad header or CRC;
     # zlib.error: corrupt deflate data.
     except (EOFError, OSError, zlib.error) as exc:
-        raise DataError(f"{path}: corrupt gzip stream ({one_line(exc)})") from None
+        what = "corrupt gzip stream" if isinstance(stream, gzip.GzipFile) else "cannot read file"
+        raise DataError(f"{path}: {what} ({one_line(exc)})") from None
+    return b"".join(parts)
+
+
+def _check_regular_file(path: Path) -> None:
+    """A one-line DataError naming a missing path or one that is not a regular file."""
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if not path.is_file():
+        raise DataError(f"{path}: not a regular file")
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file, gzip-compressed or raw, into a native-endian array.
 
-    Gzip is recognised by its magic bytes, whatever the file's name. Raises a
-    one-line DataError starting with the path for a missing or unreadable file,
-    a corrupt or truncated gzip stream, a bad magic number, an unknown type code,
-    no dimensions, a truncated header, or data that are shorter or longer than
-    the header's dimensions require.
+    Gzip is recognised by its magic bytes, whatever the file's name. The header is
+    read first and then exactly the bytes it declares, so a small compressed file
+    cannot expand into more memory than its own header asks for (and a header cannot
+    ask for more than the compressed file could hold). Raises a one-line DataError
+    starting with the path for a missing or unreadable file, a corrupt or truncated
+    gzip stream, a bad magic number, an unknown type code, no dimensions, a
+    truncated header, or data that are shorter or longer than the header's
+    dimensions require.
 
     Shapes: file with dims (d1, ..., dk) -> (d1, ..., dk), dtype from the type
     code (uint8, int8, int16, int32, float32, float64), native byte order.
     """
     path = Path(path)
-    buf = _read_bytes(path)
-    if not buf:
-        raise DataError(f"{path}: file is empty")
-    if len(buf) < 4:
-        raise DataError(f"{path}: not an IDX file ({len(buf)} bytes, shorter than the 4-byte magic number)")
-    zero0, zero1, code, ndim = buf[0], buf[1], buf[2], buf[3]
-    if zero0 != 0 or zero1 != 0:
+    stream, most = _open(path)
+    with stream:
+        buf = _read_exactly(path, stream, 4)
+        if not buf:
+            raise DataError(f"{path}: file is empty")
+        if len(buf) < 4:
+            raise DataError(f"{path}: not an IDX file ({len(buf)} bytes, shorter than the 4-byte magic number)")
+        zero0, zero1, code, ndim = buf[0], buf[1], buf[2], buf[3]
+        if zero0 != 0 or zero1 != 0:
+            raise DataError(
+                f"{path}: not an IDX file (magic number 0x{buf[:4].hex()} does not start with two zero bytes)"
+            )
+        if code not in IDX_TYPES:
+            known = ", ".join(f"0x{c:02X}" for c in IDX_TYPES)
+            raise DataError(f"{path}: unknown IDX element type code 0x{code:02X}; known codes are {known}")
+        if ndim == 0:
+            raise DataError(f"{path}: IDX header declares 0 dimensions; expected at least 1")
+        header = 4 + 4 * ndim
+        buf += _read_exactly(path, stream, header - 4)
+        if len(buf) < header:
+            raise DataError(
+                f"{path}: truncated IDX header: {ndim} dimensions need {header} header bytes, the file holds {len(buf)}"
+            )
+        dims = struct.unpack(f">{ndim}I", buf[4:header])
+        dtype = IDX_TYPES[code]
+        # Python integers: the product of four 32-bit sizes can overflow int64, and the
+        # comparison with what the file can hold must come before anything is allocated.
+        count = math.prod(dims)
+        expected = count * dtype.itemsize
+        if expected > most - header:
+            found = (f"more than a compressed file of {path.stat().st_size} bytes can hold"
+                     if isinstance(stream, gzip.GzipFile) else f"found {most - header}")
+            raise DataError(f"{path}: truncated IDX data: shape {dims} of {dtype.name} needs {expected} bytes, {found}")
+        data = _read_exactly(path, stream, expected)
+        found = len(data)
+        if found < expected:
+            raise DataError(
+                f"{path}: truncated IDX data: shape {dims} of {dtype.name} needs {expected} bytes, found {found}"
+            )
+        # Reading on to the end checks a gzip stream's CRC; what follows the data is
+        # counted only up to a bound (a stream of trailing zeros can be enormous).
+        trailing = len(_read_exactly(path, stream, _TRAILING_COUNT_LIMIT + 1))
+    if trailing:
+        many = f"more than {_TRAILING_COUNT_LIMIT}" if trailing > _TRAILING_COUNT_LIMIT else str(trailing)
         raise DataError(
-            f"{path}: not an IDX file (magic number 0x{buf[:4].hex()} does not start with two zero bytes)"
-        )
-    if code not in IDX_TYPES:
-        known = ", ".join(f"0x{c:02X}" for c in IDX_TYPES)
-        raise DataError(f"{path}: unknown IDX element type code 0x{code:02X}; known codes are {known}")
-    if ndim == 0:
-        raise DataError(f"{path}: IDX header declares 0 dimensions; expected at least 1")
-    header = 4 + 4 * ndim
-    if len(buf) < header:
-        raise DataError(
-            f"{path}: truncated IDX header: {ndim} dimensions need {header} header bytes, the file holds {len(buf)}"
-        )
-    dims = struct.unpack(f">{ndim}I", buf[4:header])
-    dtype = IDX_TYPES[code]
-    # Python integers: the product of four 32-bit sizes can overflow int64, and the
-    # comparison with the actual length must come before anything is allocated.
-    count = math.prod(dims)
-    expected = count * dtype.itemsize
-    found = len(buf) - header
-    if found < expected:
-        raise DataError(
-            f"{path}: truncated IDX data: shape {dims} of {dtype.name} needs {expected} bytes, found {found}"
-        )
-    if found > expected:
-        raise DataError(
-            f"{path}: {found - expected} trailing bytes after the IDX data (shape {dims} of {dtype.name} needs {expected} bytes)"
+            f"{path}: {many} trailing bytes after the IDX data (shape {dims} of {dtype.name} needs {expected} bytes)"
         )
     try:
-        arr = np.frombuffer(buf, dtype=dtype, count=count, offset=header).reshape(dims)
+        arr = np.frombuffer(data, dtype=dtype, count=count).reshape(dims)
     except ValueError as exc:  # e.g. more dimensions than numpy supports
         raise DataError(f"{path}: cannot hold IDX data of shape {dims} ({one_line(exc)})") from None
     # astype copies: the result is writable and owns its memory (frombuffer's view

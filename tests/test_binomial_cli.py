@@ -81,20 +81,20 @@ def test_csv_binary_data_trains(binary_arrays, tmp_path, run):
     assert r.returncode == 0, r.stderr
 
 
-def test_non_binary_data_is_one_line_exit_2(binary_arrays, binary_run, tmp_path, run):
+def test_non_binary_data_is_one_line_exit_2(binary_arrays, binary_run, tmp_path, cli):
     out = tmp_path / "nb"
-    r = run("train", "--data", binary_arrays / "not_binary.npy", "--process", "binomial", "--out", out, "--steps", 2, *TINY)
+    r = cli("train", "--data", binary_arrays / "not_binary.npy", "--process", "binomial", "--out", out, "--steps", 2, *TINY)
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "binary" in r.stderr and "0.5" in r.stderr
     assert not out.exists()  # nothing written
-    r = run("evaluate", binary_run, "--data", binary_arrays / "not_binary.npy")
+    r = cli("evaluate", binary_run, "--data", binary_arrays / "not_binary.npy")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "binary" in r.stderr
 
 
-def test_binomial_config_errors(binary_arrays, tmp_path, run):
+def test_binomial_config_errors(binary_arrays, tmp_path, cli):
     for bad, words in (("process.time=continuous", "discrete"), ("model.parametrization=eps", "binomial"),
                        ("train.objective=simple", "bound"), ("process.schedule=learned", "schedule")):
-        r = run("train", "--data", binary_arrays / "beats.npy", "--process", "binomial", "--out", tmp_path / "e",
+        r = cli("train", "--data", binary_arrays / "beats.npy", "--process", "binomial", "--out", tmp_path / "e",
                 "--steps", 2, *TINY, "--set", bad)
         assert r.returncode == 2, (bad, r.stderr)
         assert r.stderr.count("\n") == 1 and words in r.stderr, (bad, r.stderr)

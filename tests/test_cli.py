@@ -89,7 +89,7 @@ def test_resume_after_sigkill(arrays, tmp_path):
     assert steps == list(range(5, 401, 5))
 
 
-def test_bad_inputs_give_one_line_errors(arrays, tmp_path, trained, run):
+def test_bad_inputs_give_one_line_errors(arrays, tmp_path, trained, cli):
     out = tmp_path / "never"
     nan = np.load(arrays / "my.npy")
     nan[7, 1] = np.nan
@@ -120,16 +120,16 @@ def test_bad_inputs_give_one_line_errors(arrays, tmp_path, trained, run):
         (("evaluate", tmp_path / "norun"), "norun"),
     ]
     for args, needle in cases:
-        _one_line_error(run(*args), needle)
+        _one_line_error(cli(*args), needle)
     assert not out.exists()
 
 
-def test_corrupted_checkpoint_is_a_clean_error(trained, tmp_path, run):
+def test_corrupted_checkpoint_is_a_clean_error(trained, tmp_path, cli):
     import shutil
 
     copy = tmp_path / "copy"
     shutil.copytree(trained, copy)
     data = (copy / "checkpoint.safetensors").read_bytes()
     (copy / "checkpoint.safetensors").write_bytes(data[:-100])
-    _one_line_error(run("evaluate", copy), "checkpoint")
-    _one_line_error(run("sample", copy, "-n", 3), "checkpoint")
+    _one_line_error(cli("evaluate", copy), "checkpoint")
+    _one_line_error(cli("sample", copy, "-n", 3), "checkpoint")

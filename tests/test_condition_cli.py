@@ -65,32 +65,32 @@ def test_binary_known_bit(heartbeat_run, tmp_path, run):
     assert np.all(np.load(tmp_path / "smc.npy")[:, 3] == 1)
 
 
-def test_bad_conditioning_input_is_one_line_and_writes_nothing(mixture_run, heartbeat_run, tmp_path, run):
+def test_bad_conditioning_input_is_one_line_and_writes_nothing(mixture_run, heartbeat_run, tmp_path, cli):
     np.save(tmp_path / "k.npy", np.array([1.0, 0.0]))
     np.save(tmp_path / "m.npy", np.array([1.0, 0.0]))
     np.save(tmp_path / "m3.npy", np.array([1.0, 0.0, 1.0]))
     np.save(tmp_path / "m2.npy", np.array([2.0, 0.0]))
     out = tmp_path / "s.npy"
     base = ("condition", mixture_run, "-n", 5, "--out", out)
-    _one_line_error(run(*base), "--known FILE with --mask FILE")
-    _one_line_error(run(*base, "--known", tmp_path / "k.npy"), "needs --mask")
-    _one_line_error(run(*base, "--known", tmp_path / "k.npy", "--mask", tmp_path / "m3.npy"), "shape")
-    _one_line_error(run(*base, "--known", tmp_path / "k.npy", "--mask", tmp_path / "m2.npy"), "only 0")
-    _one_line_error(run(*base, "--known", tmp_path / "k.npy", "--mask", tmp_path / "m.npy", "--method", "smc"),
+    _one_line_error(cli(*base), "--known FILE with --mask FILE")
+    _one_line_error(cli(*base, "--known", tmp_path / "k.npy"), "needs --mask")
+    _one_line_error(cli(*base, "--known", tmp_path / "k.npy", "--mask", tmp_path / "m3.npy"), "shape")
+    _one_line_error(cli(*base, "--known", tmp_path / "k.npy", "--mask", tmp_path / "m2.npy"), "only 0")
+    _one_line_error(cli(*base, "--known", tmp_path / "k.npy", "--mask", tmp_path / "m.npy", "--method", "smc"),
                     "SMC cannot weight")
-    _one_line_error(run(*base, "--known", tmp_path / "k.npy", "--mask", tmp_path / "m.npy", "--method", "magic"),
+    _one_line_error(cli(*base, "--known", tmp_path / "k.npy", "--mask", tmp_path / "m.npy", "--method", "magic"),
                     "unknown conditioning method")
-    _one_line_error(run(*base, "--observe", tmp_path / "k.npy"), "--noise")
-    _one_line_error(run(*base, "--observe", tmp_path / "k.npy", "--noise", 0), "positive")
-    _one_line_error(run(*base, "--observe", tmp_path / "k.npy", "--noise", 0.1, "--method", "clamp"),
+    _one_line_error(cli(*base, "--observe", tmp_path / "k.npy"), "--noise")
+    _one_line_error(cli(*base, "--observe", tmp_path / "k.npy", "--noise", 0), "positive")
+    _one_line_error(cli(*base, "--observe", tmp_path / "k.npy", "--noise", 0.1, "--method", "clamp"),
                     "needs known coordinates")
-    _one_line_error(run(*base, "--known", tmp_path / "missing.npy", "--mask", tmp_path / "m.npy"), "not found")
+    _one_line_error(cli(*base, "--known", tmp_path / "missing.npy", "--mask", tmp_path / "m.npy"), "not found")
     assert not out.exists()
     bits = np.zeros(20)
     bits[0] = 0.5
     np.save(tmp_path / "b.npy", bits)
     np.save(tmp_path / "bm.npy", np.ones(20))
-    _one_line_error(run("condition", heartbeat_run, "--known", tmp_path / "b.npy", "--mask", tmp_path / "bm.npy",
+    _one_line_error(cli("condition", heartbeat_run, "--known", tmp_path / "b.npy", "--mask", tmp_path / "bm.npy",
                         "-n", 2, "--out", out), "binary")
     assert not out.exists()
 

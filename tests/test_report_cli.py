@@ -44,12 +44,12 @@ def test_report_writes_markdown_json_and_figures(mixture_run, tmp_path, run):
     assert "<table>" in (tmp_path / "html" / "report.html").read_text()
 
 
-def test_bad_iw_arguments_are_one_line_errors(mixture_run, tmp_path, run):
-    _one_line_error(run("evaluate", mixture_run, "--iw", 0, "--json", tmp_path / "e.json"), "M >= 1")
+def test_bad_iw_arguments_are_one_line_errors(mixture_run, tmp_path, cli):
+    _one_line_error(cli("evaluate", mixture_run, "--iw", 0, "--json", tmp_path / "e.json"), "M >= 1")
     assert not (tmp_path / "e.json").exists()
-    _one_line_error(run("report", mixture_run, "--iw-examples", 0, "--out", tmp_path / "r"), "iw_examples")
+    _one_line_error(cli("report", mixture_run, "--iw-examples", 0, "--out", tmp_path / "r"), "iw_examples")
     assert not (tmp_path / "r" / "report.md").exists()
-    _one_line_error(run("report", tmp_path / "nothing"), "run folder not found")
+    _one_line_error(cli("report", tmp_path / "nothing"), "run folder not found")
 
 
 def test_iw_bench_smoke(tmp_path, run):

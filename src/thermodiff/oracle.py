@@ -73,15 +73,22 @@ class TableX0(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         abar_t = self.model[0].abar_at(t.to(torch.float64))
-        b, k = x.shape[0], len(self.support)
-        # log q(x_t | x0 = support point k) for each example and k.
-        lg = binomial.q_logits(self.support.repeat(b, 1), abar_t.repeat_interleave(k)).reshape(b, k, -1)
-        x = x.to(torch.float64)[:, None, :]
-        log_lik = (x * torch.nn.functional.logsigmoid(lg) + (1 - x) * torch.nn.functional.logsigmoid(-lg)).sum(-1)
-        log_w = log_lik + self.log_probs  # (B, K) unnormalised log posterior of x0
-        ones = torch.where(self.support[None] == 1, log_w[..., None], -math.inf).logsumexp(1)
-        zeros = torch.where(self.support[None] == 0, log_w[..., None], -math.inf).logsumexp(1)
-        return ones - zeros
+        x = x.to(torch.float64)
+        out = torch.empty(x.shape, dtype=torch.float64, device=x.device)
+        logsig = torch.nn.functional.logsigmoid
+        for a in torch.unique(abar_t):  # the support's likelihoods once per distinct time
+            rows = abar_t == a
+            lg = binomial.q_logits(self.support, a.expand(len(self.support)))  # (K, D)
+            # log q(x_t | x0 = support point k) for each example and k: one product over bits.
+            log_lik = x[rows] @ logsig(lg).T + (1 - x[rows]) @ logsig(-lg).T
+            log_w = log_lik + self.log_probs  # (B, K) unnormalised log posterior of x0
+            # Per bit, the posterior mass of the support points with that bit 1 (and 0),
+            # laid out (B, D, K) so that each reduction runs over contiguous memory.
+            bit = self.support.T[None]  # (1, D, K)
+            ones = torch.where(bit == 1, log_w[:, None, :], -math.inf).logsumexp(-1)
+            zeros = torch.where(bit == 0, log_w[:, None, :], -math.inf).logsumexp(-1)
+            out[rows] = ones - zeros
+        return out
 
 
 def table_model(support: torch.Tensor, probs: torch.Tensor, T: int, decoder: str = "learned") -> DiffusionModel:

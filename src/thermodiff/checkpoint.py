@@ -22,11 +22,13 @@ import math
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from . import config as config_mod
 from .atomic import atomic_path
 from .errors import CheckpointError, ThermodiffError, one_line
+from .model import build_model
 
 FORMAT = "thermodiff-checkpoint-1"
 
@@ -107,8 +109,6 @@ def load(path: str | Path, run: bool = True) -> tuple[dict[str, dict], dict]:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             header = json.loads((f.metadata() or {}).get("thermodiff", "null"))
         tensors = load_file(str(path))
@@ -189,9 +189,6 @@ def validate_run(states: dict[str, dict], meta: dict) -> None:
 
 def _check_shapes(states: dict[str, dict], config: dict) -> None:
     """The model (and EMA) tensors have exactly the shapes the embedded config implies."""
-    from . import config as config_mod
-    from .model import build_model
-
     model = states["model"]
     tensors = {k: v for k, v in model.items() if isinstance(v, torch.Tensor)}
     n_values = sum(t.numel() for t in tensors.values())

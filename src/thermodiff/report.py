@@ -21,6 +21,7 @@ from . import config as config_mod
 from . import data as data_mod
 from . import plots  # matplotlib itself is imported inside plots, when a figure is drawn
 from .atomic import atomic_write
+from .errors import DataError
 from .entropy import entropy_bounds
 from .evaluation import evaluate_run, iw_record
 from .model import DiffusionModel
@@ -48,8 +49,6 @@ def write_json(path: str | Path, record: dict) -> None:
     path = Path(path)
     text = json.dumps(_finite_or_none(record), indent=2, allow_nan=False) + "\n"
     if path.is_dir():
-        from .errors import DataError
-
         raise DataError(f"{path}: is a folder; give a file name for the JSON record")
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as f:

@@ -82,9 +82,18 @@ class Condition:
 
     def check(self, model: DiffusionModel) -> None:
         """Raise, before the chain, what this r cannot condition on this model: data of
-        the wrong kind. Shapes: none."""
+        the wrong kind, then what ``check_values`` finds. Shapes: none."""
+        self.check_kind(model)
+        self.check_values(model)
+
+    def check_kind(self, model: DiffusionModel) -> None:
+        """Raise where the model's data are not of the kind r is of (bits or real values)."""
         if self.bits is not None and self.bits != model.process.binary:
             raise ConfigError(self.wrong_data)
+
+    def check_values(self, model: DiffusionModel) -> None:
+        """Raise the shape or value errors of r's own tensors now, not mid-chain (nothing
+        here). Shapes: none."""
 
     def log_r(self, model: DiffusionModel, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         """log r at x in model units, nats. Shapes: x (B, *D) -> (B,)."""
@@ -242,10 +251,9 @@ class GaussianObservation(Condition):
     bits = False
     wrong_data = "a Gaussian observation conditions continuous data (the Gaussian process)"
 
-    def check(self, model: DiffusionModel) -> None:
-        """Real-valued data, and y and A shaped for them. Shapes: see ``scaled``."""
-        super().check(model)
-        self.scaled(model)  # shape errors now, not mid-chain
+    def check_values(self, model: DiffusionModel) -> None:
+        """y and A shaped for the data. Shapes: see ``scaled``."""
+        self.scaled(model)
 
     def log_r(self, model, x):
         """-|y - A x|^2 / (2 sigma^2), nats, up to a constant. Shapes: x (B, *D) -> (B,) float64."""
@@ -263,7 +271,7 @@ class GaussianObservation(Condition):
         """The kernel times the observation's likelihood at every step (precision-weighted
         mean), per coordinate: an identity or a gain, not a matrix. Shapes: a kernel
         transform over (B, *D)."""
-        super().check(model)  # real-valued data first, as check() orders it
+        self.check_kind(model)  # real-valued data first, as check() orders it
         if self.is_matrix(model):
             raise ConfigError("method product handles an identity or per-coordinate observation; "
                               "use guidance or smc for a matrix")
@@ -372,10 +380,9 @@ class BitProbabilities(Condition):
     bits = True
     wrong_data = "bit probabilities condition binary data (the binomial process)"
 
-    def check(self, model: DiffusionModel) -> None:
-        """Binary data, and d shaped for them in [0, 1]. Shapes: d (*D) or (n, *D)."""
-        super().check(model)
-        self.probs(model)  # value errors now, not mid-chain
+    def check_values(self, model: DiffusionModel) -> None:
+        """d shaped for the data, in [0, 1]. Shapes: d (*D) or (n, *D)."""
+        self.probs(model)
 
     def log_r(self, model, x):
         """sum x log d + (1 - x) log(1 - d), nats. Shapes: x (B, *D) binary -> (B,) float64."""

@@ -38,9 +38,13 @@ def trained(arrays, tmp_path_factory, run):
 def test_train_writes_a_run_folder(trained):
     names = {p.name for p in trained.iterdir()}
     assert {"config.toml", "checkpoint.safetensors", "metrics.jsonl"} <= names
-    lines = [json.loads(s) for s in (trained / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(s) for s in (trained / "metrics.jsonl").read_text().splitlines()]
+    lines = [r for r in records if "loss" in r]
     assert [r["step"] for r in lines] == [5, 10, 15, 20]
     assert all("bound_bits" in r for r in lines)
+    # The defaults for a user's data check the held-out bound, here once, at the end.
+    checks = [r for r in records if "val_bits" in r]
+    assert [r["step"] for r in checks] == [20] and "best.safetensors" in names
 
 
 def test_evaluate_writes_the_contract_fields(trained, arrays, tmp_path, run):
@@ -85,8 +89,9 @@ def test_resume_after_sigkill(arrays, tmp_path):
 
     _, meta = checkpoint.load(ckpt)
     assert meta["step"] == 400
-    steps = [json.loads(s)["step"] for s in (out / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(5, 401, 5))
+    records = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == list(range(5, 401, 5))
+    assert [r["step"] for r in records if "val_bits" in r] == list(range(50, 401, 50))
 
 
 def test_bad_inputs_give_one_line_errors(arrays, tmp_path, trained, cli):

@@ -43,7 +43,9 @@ def files(out):
 
 
 def steps_logged(out):
-    return [json.loads(s)["step"] for s in (out / run_folder.METRICS).read_text().splitlines()]
+    """The steps of the training lines of metrics.jsonl (not the held-out checks)."""
+    records = map(json.loads, (out / run_folder.METRICS).read_text().splitlines())
+    return [r["step"] for r in records if "loss" in r]
 
 
 def tensors(out):

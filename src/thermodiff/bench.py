@@ -20,7 +20,7 @@ from .atomic import atomic_write
 from .evaluation import evaluate_run, iw_record
 from .parzen import parzen
 from .report import figures as draw
-from .report import markdown, write_json
+from .report import held_out_figure, markdown, write_json
 from .sampling.ancestral import sample, time_grid
 from .errors import ConfigError
 from .run_folder import CHECKPOINT, load_run, refuse_trained
@@ -36,7 +36,13 @@ BENCHMARKS = {
     "iw-swissroll": "iw-swissroll",
     "mnist": "mnist",
     "deadleaves": "deadleaves",
+    "small-data": "vectors",  # the defaults of `thermodiff train --data FILE`, on small_data_arrays
 }
+
+# Benchmark `small-data`: the first 1,000 MNIST training images and the first 1,000 test
+# images, area-averaged to 14 x 14, 8-bit levels dequantised once, given as 196-vectors
+# through the array path with the defaults for a user's own data.
+SMALL_DATA = {"root": "../shared/data/mnist", "n": 1000, "factor": 2, "smoke_n": 200}
 
 SMOKE = {
     "train": {"steps": 30, "max_seconds": 0.0, "log_every": 10, "checkpoint_every": 1000},
@@ -65,6 +71,25 @@ def bench_config(name: str, smoke: bool = False) -> config_mod.Config:
         cfg = config_mod.replace(cfg, **SMOKE)
         cfg = config_mod.replace(cfg, **SMOKE_EXTRA.get(name, {}))
     return cfg
+
+
+def small_data_config(cfg: config_mod.Config, out: Path, smoke: bool = False) -> config_mod.Config:
+    """Write the `small-data` benchmark's arrays (``images.small_mnist_vectors``) to
+    out/data/ and point cfg's array paths at them. A folder holding a trained run is
+    refused before anything is written. Shapes: none."""
+    from .data.arrays import save_array
+    from .data.images import small_mnist_vectors
+
+    if (out / CHECKPOINT).exists():
+        raise ConfigError(refuse_trained(out))
+    n = SMALL_DATA["smoke_n"] if smoke else SMALL_DATA["n"]
+    train, test = small_mnist_vectors(data_mod.resolve_root(SMALL_DATA["root"]), n, SMALL_DATA["factor"])
+    folder = out / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_array(folder / "train.npy", train)
+    save_array(folder / "test.npy", test)
+    return config_mod.replace(cfg, name="small-data",
+                              data={"path": str(folder / "train.npy"), "test_path": str(folder / "test.npy")})
 
 
 def sample_support(model, log_density, eval_cfg, progress: bool = False) -> dict:
@@ -139,23 +164,26 @@ def run_benchmark(name: str, cfg: config_mod.Config, out: Path, progress: bool =
     t0 = time.perf_counter()
     fit(cfg, dataset, out, progress=progress, fresh=fresh)  # fresh: checked again under the run's lock
     wall = time.perf_counter() - t0
-    _, model, meta = load_run(out, use_ema=cfg.eval.use_ema)
+    cfg, model, meta = load_run(out, use_ema=cfg.eval.use_ema)  # the config as trained (AUTO values chosen)
     record = {"benchmark": name}
     record.update(evaluate_run(model, dataset.test, cfg.eval, dataset.log_density, progress=progress,
-                               sampler=meta["time_sampler"]))
+                               sampler=meta["time_sampler"], train=dataset.train_continuous(cfg.train.seed)))
     if cfg.eval.iw_M:
         record.update(iw_record(model, dataset.test, cfg.eval, cfg.eval.iw_M, dataset.log_density, progress))
     if data_mod.is_binary(dataset.train) and dataset.log_density is not None and cfg.eval.samples > 0:
         record.update(sample_support(model, dataset.log_density, cfg.eval, progress))
     if dataset.dequantize:
         # Training throughput: the issue's speed figure for images.
-        record["images_per_second"] = meta["step"] * cfg.train.batch_size / max(meta["train_seconds"], 1e-9)
+        record["images_per_second"] = meta["trained_steps"] * cfg.train.batch_size / max(meta["trained_seconds"], 1e-9)
         if cfg.eval.samples > 0:
             record.update(image_samples_parzen(model, dataset, cfg.eval, progress))
+    if meta.get("best_step") is not None:
+        record.update(best_step=meta["best_step"], best_val_bits=meta["best_val_bits"])
     record.update(
-        train_seconds=meta["train_seconds"],
+        train_seconds=meta["trained_seconds"],
         train_wall_seconds=wall,
-        train_steps=meta["step"],
+        train_steps=meta["trained_steps"],
+        checkpoint=meta["checkpoint"],
         device=device_name(),
         commit=git_commit(),
         config=config_mod.to_dict(cfg),
@@ -163,6 +191,8 @@ def run_benchmark(name: str, cfg: config_mod.Config, out: Path, progress: bool =
     names = []
     if figures:
         names = [p.name for p in draw(model, dataset.train, record, out, steps=cfg.eval.sample_steps or None)]
+        curve = held_out_figure(out, out, record.get("gaussian_bits"))
+        names = ([curve.name] if curve is not None else []) + names
     write_json(out / "eval.json", record)
     with atomic_write(out / "report.md") as f:
         f.write(markdown(record, f"thermodiff {name}", names))

@@ -34,6 +34,8 @@ FORMAT = "thermodiff-checkpoint-1"
 
 # The sections a run checkpoint holds (run_folder.save_checkpoint); "ema" is optional.
 RUN_SECTIONS = ("model", "optimizer", "sampler", "rng")
+# The sections of a run's best weights (run_folder.save_best): no optimiser, no generator.
+WEIGHT_SECTIONS = ("model", "sampler")
 
 
 def _flatten(prefix: str, state: dict, tensors: dict) -> dict:
@@ -98,12 +100,13 @@ def _sections_are_tables(rest) -> str | None:
     return None
 
 
-def load(path: str | Path, run: bool = True) -> tuple[dict[str, dict], dict]:
+def load(path: str | Path, run: bool = True, weights_only: bool = False) -> tuple[dict[str, dict], dict]:
     """Read a checkpoint: (named state dicts, metadata). Any defect is a CheckpointError.
 
     Always checked: the header's structure, and that no tensor holds NaN or inf. With
     ``run`` (the default; False reads any file ``save`` wrote), also what a run folder's
-    checkpoint must hold (``validate_run``).
+    checkpoint must hold (``validate_run``); with ``weights_only``, what its best
+    weights must hold (no optimiser or generator state).
     """
     path = Path(path)
     if not path.is_file():
@@ -132,7 +135,7 @@ def load(path: str | Path, run: bool = True) -> tuple[dict[str, dict], dict]:
     meta = header["meta"]
     if run:
         try:
-            validate_run(states, meta)
+            validate_run(states, meta, WEIGHT_SECTIONS if weights_only else RUN_SECTIONS)
         except CheckpointError as exc:
             raise corrupted(str(exc)) from None
     return states, meta
@@ -142,7 +145,7 @@ def _is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-def validate_run(states: dict[str, dict], meta: dict) -> None:
+def validate_run(states: dict[str, dict], meta: dict, sections=RUN_SECTIONS) -> None:
     """Check a run checkpoint's sections and metadata, and that its model tensors have
     exactly the shapes its embedded config implies (the config is built on the meta
     device, which allocates nothing); raise CheckpointError naming what is wrong.
@@ -151,8 +154,10 @@ def validate_run(states: dict[str, dict], meta: dict) -> None:
     model's "scaler.shift" and "scaler.scale", an optimizer state ("state" and
     "param_groups"), the CPU generator's state (uint8, its exact size), and metadata
     "step" (integer >= 0), "train_seconds" (finite number >= 0) and "config" (a table).
+    `sections`: those required (``WEIGHT_SECTIONS``: the optimiser and generator are
+    checked only where present).
     """
-    for name in RUN_SECTIONS:
+    for name in sections:
         if name not in states:
             raise CheckpointError(f"missing section {name!r}")
     model = states["model"]
@@ -164,13 +169,14 @@ def validate_run(states: dict[str, dict], meta: dict) -> None:
     if model["scaler.shift"].ndim == 0 or model["scaler.shift"].numel() == 0:
         raise CheckpointError(f"tensor 'model/scaler.shift' has shape {tuple(model['scaler.shift'].shape)}, "
                               "not the shape of an example")
-    if model["scaler.scale"].numel() != 1 or not bool((model["scaler.scale"] > 0).all()):
-        raise CheckpointError("tensor 'model/scaler.scale' is not one positive number")
-    opt = states["optimizer"]
+    scale = model["scaler.scale"]
+    if scale.shape not in ((), model["scaler.shift"].shape) or not bool((scale > 0).all()):
+        raise CheckpointError("tensor 'model/scaler.scale' is not one positive number, nor one per dimension")
+    opt = states.get("optimizer", {"state": {}, "param_groups": []})
     if not isinstance(opt.get("state"), dict) or not isinstance(opt.get("param_groups"), list):
         raise CheckpointError("section 'optimizer' lacks its 'state' table or 'param_groups' list")
-    gen = states["rng"].get("generator")
     size = torch.Generator().get_state().numel()
+    gen = states["rng"].get("generator") if "rng" in states else torch.Generator().get_state()
     if not isinstance(gen, torch.Tensor) or gen.dtype != torch.uint8 or tuple(gen.shape) != (size,):
         got = f"{gen.dtype} of shape {tuple(gen.shape)}" if isinstance(gen, torch.Tensor) else repr(type(gen).__name__)
         raise CheckpointError(f"'rng/generator' must be the generator's state, uint8 of shape ({size},); got {got}")
@@ -184,7 +190,27 @@ def validate_run(states: dict[str, dict], meta: dict) -> None:
         raise CheckpointError(f"'train_seconds' must be a finite number >= 0, got {seconds!r}")
     if not isinstance(meta.get("config"), dict):
         raise CheckpointError("its metadata hold no 'config' table")
+    _check_best(meta)
     _check_shapes(states, meta["config"])
+
+
+def _is_count(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _check_best(meta: dict) -> None:
+    """The best held-out check a checkpoint records (run_folder, monitor.Best): none, or
+    a step no later than the checkpoint's, a finite K and a count of checks since."""
+    best = meta.get("best_step")
+    if best is None:
+        return
+    if not _is_count(best) or best > meta["step"]:
+        raise CheckpointError(f"'best_step' must be an integer in [0, step], got {best!r}")
+    bits = meta.get("best_val_bits")
+    if not _is_number(bits) or not math.isfinite(bits):
+        raise CheckpointError(f"'best_val_bits' must be a finite number, got {bits!r}")
+    if not _is_count(meta.get("checks_since_best", 0)):
+        raise CheckpointError(f"'checks_since_best' must be an integer >= 0, got {meta.get('checks_since_best')!r}")
 
 
 def _check_shapes(states: dict[str, dict], config: dict) -> None:

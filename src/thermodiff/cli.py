@@ -46,6 +46,8 @@ def _resolve_config(args):
         data.update(name="array", path=args.data)
     if args.test:
         data["test_path"] = args.test
+    if args.validation:
+        data["validation_path"] = args.validation
     if args.steps is not None:
         train["steps"] = args.steps
     if args.seed is not None:
@@ -105,7 +107,8 @@ def cmd_train(args) -> int:
     from . import data as data_mod
     from .train import fit
 
-    for flag, path in (("CONFIG", args.config), ("--data", args.data), ("--test", args.test)):
+    for flag, path in (("CONFIG", args.config), ("--data", args.data), ("--test", args.test),
+                       ("--validation", args.validation)):
         check_path(flag, path)
     check_output("--out", args.out, folder=True)
     cfg = _resolve_config(args)
@@ -118,18 +121,27 @@ def cmd_train(args) -> int:
 
 
 def _load_test(args, cfg, model):
-    """Held-out data: --data FILE, or the run's own held-out set."""
+    """Held-out data (--data FILE, or the run's own held-out set), its exact density
+    where known, and the run's training data for the Gaussian baseline (None, with a
+    note, where they cannot be read)."""
     import torch
 
     from . import data as data_mod
 
+    try:
+        dataset = data_mod.load(cfg.data)
+    except ThermodiffError as exc:
+        if not args.data:
+            raise
+        print(f"thermodiff: no Gaussian baseline: the run's training data cannot be read ({exc})", file=sys.stderr)
+        dataset = None
+    train = dataset.train_continuous(cfg.train.seed) if dataset is not None else None
     if args.data:
         from .data.arrays import load_array
 
         y = torch.as_tensor(load_array(args.data), dtype=torch.float64)
-        return model.check_data(y, args.data), None
-    dataset = data_mod.load(cfg.data)
-    return dataset.test, dataset.log_density
+        return model.check_data(y, args.data), None, train
+    return dataset.test, dataset.log_density, train
 
 
 def _eval_overrides(args) -> dict:
@@ -145,11 +157,14 @@ def cmd_evaluate(args) -> int:
     from .run_folder import load_run
 
     check_output("--json", args.json, folder=False)
-    cfg, model, meta = load_run(args.run)
+    cfg, model, meta = load_run(args.run, which=args.checkpoint)
+    print(f"weights: {meta['checkpoint']}")
     eval_cfg = config.replace(cfg, eval=_eval_overrides(args)).eval
-    y, log_density = _load_test(args, cfg, model)
-    record = evaluate_run(model, y, eval_cfg, log_density, progress=not args.quiet, sampler=meta["time_sampler"])
-    keys = ("K_bits", "K_bits_scaled", "exact_bits_scaled", "gap_bits", "gap_stderr_bits", "L_null_bits",
+    y, log_density, train = _load_test(args, cfg, model)
+    record = evaluate_run(model, y, eval_cfg, log_density, progress=not args.quiet, sampler=meta["time_sampler"],
+                          train=train)
+    keys = ("K_bits", "K_bits_scaled", "exact_bits_scaled", "gap_bits", "gap_stderr_bits", "gaussian_bits",
+            "K_minus_gaussian_bits", "K_minus_gaussian_stderr_bits", "L_null_bits",
             "K_minus_L_null_bits", "bits_per_dim", "stderr_bits", "n_examples")
     if args.iw is not None:
         record.update(iw_record(model, y, eval_cfg, args.iw, log_density, progress=not args.quiet))
@@ -157,6 +172,7 @@ def cmd_evaluate(args) -> int:
                  "iw_steps", "iw_n_examples")
     record["train_steps"] = meta["step"]
     record["train_seconds"] = meta["train_seconds"]
+    record["checkpoint"] = meta["checkpoint"]
     _print_record(record, keys)
     if args.json:
         write_json(args.json, record)
@@ -169,19 +185,20 @@ def cmd_report(args) -> int:
 
     check_output("--out", args.out, folder=True)
     path = run_report(args.run, args.out, m=args.iw, html=args.html, progress=not args.quiet,
-                      eval_overrides=_eval_overrides(args))
+                      eval_overrides=_eval_overrides(args), which=args.checkpoint)
     print(f"report: {path}")
     return 0
 
 
 def _print_record(record: dict, keys) -> None:
     """One aligned line per figure of an evaluation record that is present."""
-    if "warning" in record:
-        print(f"thermodiff: warning: {record['warning']}", file=sys.stderr)
+    for key in ("warning", "gaussian_warning"):
+        if key in record:
+            print(f"thermodiff: warning: {record[key]}", file=sys.stderr)
     for key in keys:
         if key in record:
             v = record[key]
-            print(f"{key:>22}  {v:.5f}" if isinstance(v, float) else f"{key:>22}  {v}")
+            print(f"{key:>28}  {v:.5f}" if isinstance(v, float) else f"{key:>28}  {v}")
 
 
 def cmd_sample(args) -> int:
@@ -193,7 +210,7 @@ def cmd_sample(args) -> int:
     from .run_folder import load_run
 
     check_output("--out", args.out, folder=False)
-    cfg, model, _ = load_run(args.run)
+    cfg, model, _ = load_run(args.run, which=args.checkpoint)
     gen = torch.Generator().manual_seed(args.seed)
     with _allocation(args.n):
         x = sample(model, args.n, gen, steps=args.steps, progress=not args.quiet, eta=args.eta)
@@ -249,7 +266,7 @@ def cmd_condition(args) -> int:
         raise ConfigError("give --known FILE with --mask FILE (inpainting), or --observe FILE with --noise SIGMA")
     check_output("--out", args.out, folder=False)
     check_output("--figure", args.figure, folder=False)
-    cfg, model, _ = load_run(args.run)
+    cfg, model, _ = load_run(args.run, which=args.checkpoint)
     mask = _condition_array(args.mask, model, "mask") if args.mask else None
     if args.known is not None:
         if mask is None:
@@ -327,8 +344,13 @@ def cmd_bench(args) -> int:
         raise DataError(f"unknown benchmark {args.name!r}; choose one of {', '.join(BENCHMARKS)}, condition")
     cfg = bench_config(args.name, smoke=args.smoke)
     out = Path(args.out) if args.out else Path("runs") / f"bench-{args.name}{'-smoke' if args.smoke else ''}"
+    if args.name == "small-data":
+        from .bench import small_data_config
+
+        cfg = small_data_config(cfg, out, smoke=args.smoke)
     record = run_benchmark(args.name, cfg, out, progress=not args.quiet, figures=not args.smoke, fresh=True)
     _print_record(record, ("K_bits", "K_bits_scaled", "exact_bits_scaled", "gap_bits", "gap_stderr_bits", "stderr_bits",
+                           "gaussian_bits", "K_minus_gaussian_bits", "best_val_bits", "best_step",
                            "K_minus_L_null_bits", "bits_per_dim", "valid_fraction", "parzen_bits", "images_per_second",
                            "iw_bits_scaled", "iw_gap_bits",
                            "iw_gap_stderr_bits", "iw_M", "train_seconds", "device"))
@@ -393,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--process", choices=("gaussian", "binomial"),
                    help="forward process: gaussian (continuous data, default) or binomial (0/1 data)")
     t.add_argument("--test", help="held-out array (default: a held-out fraction of --data)")
+    t.add_argument("--validation", help="validation array that monitors training (default: data.validation_fraction "
+                   "of --data)")
     t.add_argument("--out", help="run folder (default runs/NAME)")
     t.add_argument("--steps", type=int)
     t.add_argument("--seed", type=int)
@@ -405,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", help="write the record here")
     e.add_argument("--n-t", type=int, dest="n_t", help="diffusion times per example")
     _iw_arguments(e, None, "also the importance-weighted (Jarzynski) estimate with M trajectories per example")
+    _checkpoint_argument(e)
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("report", help="the likelihood report of a run (K, importance-weighted estimate, entropy bounds)")
@@ -412,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="report folder (default RUN/report)")
     r.add_argument("--html", action="store_true", help="write report.html instead of report.md")
     _iw_arguments(r, 100, "trajectories per example for the importance-weighted estimate (default 100)")
+    _checkpoint_argument(r)
     r.set_defaults(func=cmd_report)
 
     s = sub.add_parser("sample", help="draw samples in the data's own units")
@@ -421,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--steps", type=int, help="sampling steps (default: all)")
     s.add_argument("--eta", type=float, help="DDIM kernels with this eta (0: deterministic; default: the model's own)")
+    _checkpoint_argument(s)
     s.set_defaults(func=cmd_sample)
 
     c = sub.add_parser("condition", help="samples of the model times r(x): inpainting, denoising (paper 2.5)")
@@ -440,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--figure", help="figure path (default: --out with .png)")
     c.add_argument("--original", help="the clean examples (.npy), shown in the figure")
+    _checkpoint_argument(c)
     c.set_defaults(func=cmd_condition)
 
     b = sub.add_parser("bench", help="train and evaluate a benchmark with a fixed budget")
@@ -452,6 +480,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--resample", type=int, help="inpaint-mnist with replace: round trips per step")
     b.set_defaults(func=cmd_bench)
     return p
+
+
+def _checkpoint_argument(p) -> None:
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                   help="the weights: best (the best held-out check, where the run monitored one; default) or last")
 
 
 def _iw_arguments(p, default, help_m: str) -> None:

@@ -40,6 +40,9 @@ class DataConfig:
     binarize: str = ""  # mnist: threshold | stochastic (binary, binomial process); empty: 8-bit levels, dequantised
     test_path: str = ""  # array: held-out file; empty: hold out test_fraction of path
     test_fraction: float = 0.1
+    validation_fraction: float = 0.0  # share of the training examples held out to monitor training; 0: none
+    scaling: str = "global"  # continuous data: global (one scale, the paper's) | per-dim (each dimension to variance 1)
+    validation_path: str = ""  # a validation file (.npy, .npz, .csv) instead of a share of the training data
     n_train: int = 100_000  # generated data sets: their size; files (mnist, cifar10, imagefolder): the first n, 0: all
     n_test: int = 20_000  # likewise for the held-out set
     size: int = 32  # deadleaves: image side in pixels
@@ -67,7 +70,7 @@ class ModelConfig:
     parametrization: str = "eps"  # paper | eps | x0 | v
     variance: str = "fixed-small"  # fixed-small | fixed-large | learned-range
     decoder: str = "paper"  # paper (last step fixed to the forward kernel) | learned
-    width: int = 256
+    width: int = 256  # mlp, sigmoid_mlp; -1: from the training set's size (defaults.py)
     depth: int = 4
     time_dim: int = 64
     fourier_frequencies: int = 0
@@ -78,7 +81,7 @@ class ModelConfig:
     channel_mults: tuple[int, ...] = (1, 2)  # unet: channels per level, times base_channels
     num_res_blocks: int = 1  # unet: residual blocks per level
     attention_levels: tuple[int, ...] = ()  # unet: levels (0 = full resolution) with self-attention
-    dropout: float = 0.0  # unet
+    dropout: float = 0.0  # mlp, unet: dropout inside each residual block; -1: from the training set's size
     conv_layers: int = 2  # multiscale: multi-scale convolution layers
     dense_layers: int = 2  # multiscale: per-pixel tanh layers
     n_bumps: int = 16  # multiscale: Gaussian bumps of the time readout (paper eq. 62-63)
@@ -91,7 +94,7 @@ class TrainConfig:
     t_sampling: str = "importance"  # uniform | importance
     t_bins: int = 100  # continuous time: bins of the importance sampler
     batch_size: int = 512
-    steps: int = 20_000
+    steps: int = 20_000  # -1: from the training set's size (defaults.py)
     max_seconds: float = 0.0  # wall-clock budget for this run; 0: none
     lr: float = 1e-3
     lr_schedule: str = "cosine"  # constant | cosine | linear (decay to 0 at `steps`)
@@ -104,6 +107,10 @@ class TrainConfig:
     checkpoint_every: int = 1000
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # CPU threads; 0: torch's default
+    validate_every: int = 0  # steps between held-out bounds on the validation set (else the test set); 0: no monitoring; -1: steps / 40
+    validate_examples: int = 1000  # validation examples (the first ones) in each of these bounds
+    validate_n_t: int = 16  # diffusion times per example in each of these bounds
+    patience: int = 0  # held-out checks without a better bound before training stops; 0: never stop early
     precision: str = "auto"  # network arithmetic in training: auto (bf16 autocast on CUDA, float32 on CPU) | float32 | bf16
 
 
@@ -142,6 +149,7 @@ _FRACTION = (0, 1, False, True)  # probabilities and decays: [0, 1)
 _ANY = (None, None, False, False)
 RANGES = {
     "data.test_fraction": (0, 1, True, True),
+    "data.validation_fraction": _FRACTION,
     "data.n_train": _AT_LEAST_0,  # 0 keeps a file's whole split (a generated set of 0 is refused as empty data)
     "data.n_test": _AT_LEAST_0,
     "data.size": _AT_LEAST_1,
@@ -181,6 +189,10 @@ RANGES = {
     "train.log_every": _AT_LEAST_1,
     "train.checkpoint_every": _AT_LEAST_1,
     "train.threads": _AT_LEAST_0,
+    "train.validate_every": _AT_LEAST_0,
+    "train.validate_examples": _AT_LEAST_1,
+    "train.validate_n_t": _AT_LEAST_1,
+    "train.patience": _AT_LEAST_0,
     "eval.n_t": _AT_LEAST_1,
     "eval.batch_size": _AT_LEAST_1,
     "eval.max_examples": _AT_LEAST_0,
@@ -192,6 +204,10 @@ RANGES = {
     "eval.seed": SEED,
 }
 _INT_LIMIT = 2**63
+# Keys that also take -1: chosen from the training set's size when training starts
+# (``defaults.for_data``).
+AUTO = -1
+AUTO_KEYS = ("train.steps", "train.validate_every", "model.dropout", "model.width")
 
 
 def _bound(v) -> str:
@@ -264,8 +280,10 @@ def validate(cfg: Config) -> Config:
             if isinstance(value, tuple) and key == "model.channel_mults" and not value:
                 raise ConfigError(f"config key {key!r} must be a non-empty list of integers >= 1, got []")
             for v in values:
+                if key in AUTO_KEYS and v == AUTO:
+                    continue
                 if not in_range(v, rng, integer):
-                    what = describe_range(rng, integer)
+                    what = describe_range(rng, integer) + (", or -1 (from the data's size)" if key in AUTO_KEYS else "")
                     if isinstance(value, tuple):
                         what = f"a list of {what.replace('an integer', 'integers')}"
                     raise ConfigError(f"config key {key!r} must be {what}, got {list(value) if isinstance(value, tuple) else value!r}")

@@ -17,6 +17,7 @@ import math
 
 import torch
 
+from .baselines import gaussian_fields
 from .errors import ConfigError
 from .jarzynski import evaluate_iw, summarize_iw
 from .likelihood import evaluate, summarize
@@ -40,7 +41,7 @@ def exact_scaled(model: DiffusionModel, y: torch.Tensor, log_density) -> torch.T
 
 
 def evaluate_run(model: DiffusionModel, y: torch.Tensor, eval_cfg, log_density=None, progress: bool = False,
-                 sampler=None) -> dict:
+                 sampler=None, train: torch.Tensor | None = None) -> dict:
     """The evaluation record of a model on held-out data y (data's own units), in bits.
 
     eval_cfg: an ``EvalConfig`` (n_t times per example, batch_size, max_examples,
@@ -49,9 +50,13 @@ def evaluate_run(model: DiffusionModel, y: torch.Tensor, eval_cfg, log_density=N
     (exact minus K, the bound's looseness) and ``gap_stderr_bits``, the standard
     error of the gap paired over the same points, and ``warning`` when the gap is
     below -3 of its standard errors. sampler: the run's time sampler (``load_run``'s
-    meta["time_sampler"]; None: stratified uniform times).
+    meta["time_sampler"]; None: stratified uniform times). train: the training data
+    (data units; integer levels dequantised once): for continuous data the record
+    then adds the full-covariance Gaussian baseline (``baselines.gaussian_fields``:
+    ``gaussian_bits``, ``K_minus_gaussian_bits`` and its paired standard error, a
+    ``gaussian_warning`` where K is below it).
 
-    Shapes: y (N, *D); returns a dict of floats and lists.
+    Shapes: y (N, *D), train (N', *D); returns a dict of floats and lists.
     """
     model.check_data(y, "held-out data")
     if eval_cfg.max_examples and y.shape[0] > eval_cfg.max_examples:
@@ -59,6 +64,9 @@ def evaluate_run(model: DiffusionModel, y: torch.Tensor, eval_cfg, log_density=N
     terms = evaluate(model, y, n_t=eval_cfg.n_t, batch_size=eval_cfg.batch_size, seed=eval_cfg.seed,
                      progress=progress, sampler=sampler)
     record = summarize(model, terms, y)
+    if train is not None and "rescaling" in model.process.supports:  # continuous data: a density to compare
+        k_bits = (-terms.nll + model.scaler.log_det(model.n_dims)) / LN2
+        record.update(gaussian_fields(train, y, k_bits))
     if log_density is not None:
         log_det = model.scaler.log_det(model.n_dims)
         exact = exact_scaled(model, y, log_density)  # nats, scaled units

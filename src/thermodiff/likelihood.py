@@ -265,7 +265,7 @@ def summarize(model: DiffusionModel, terms: BoundTerms, y: torch.Tensor) -> dict
         "reconstruction_bits": float(bits(terms.reconstruction.mean())),
         "terms_bits": [float(v) for v in bits(terms.per_t.mean(0))],
         "terms_t": [float(v) for v in terms.t],
-        "scale": float(model.scaler.scale),
+        "scale": model.scaler.geometric_scale(),
     }
     if n < 2:
         record["stderr_note"] = "one example: no standard errors (NaN here, null in JSON)"

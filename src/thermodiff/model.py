@@ -20,6 +20,7 @@ from torch import nn
 
 from . import parametrization, processes
 from .data import check_finite
+from .config import AUTO, AUTO_KEYS
 from .errors import ConfigError, DataError
 from .kernels import Kernel
 from .nets import build_net
@@ -27,22 +28,33 @@ from .parametrization import Prediction
 from .schedules import ContinuousSchedule, DiscreteSchedule
 
 
+SCALINGS = ("global", "per-dim")
+
+
 class AffineScaler(nn.Module):
     """The fixed map from the data's own units y to the model's units x = (y - shift) / scale.
 
-    One scale for the whole data set (paper, Table 1 caption: "scaled by a constant
-    to give them variance 1"), a shift per dimension. Densities convert as
-    log p_y(y) = log p_x(x) - D log(scale): the Jacobian of the map.
+    A shift per dimension and, with ``per_dim`` False (data.scaling = "global"), one
+    scale for the whole data set (paper, Table 1 caption: "scaled by a constant to give
+    them variance 1"); with ``per_dim`` (data.scaling = "per-dim") a scale per
+    dimension, so that every dimension has variance 1, a narrow one as much as a wide
+    one. Densities convert as log p_y(y) = log p_x(x) - sum_d log(scale_d): the
+    Jacobian of the map (``log_det``).
     """
 
-    def __init__(self, data_shape: tuple[int, ...]):
+    def __init__(self, data_shape: tuple[int, ...], per_dim: bool = False):
         super().__init__()
         self.register_buffer("shift", torch.zeros(data_shape, dtype=torch.float64))
-        self.register_buffer("scale", torch.ones((), dtype=torch.float64))
+        self.register_buffer("scale", torch.ones(data_shape if per_dim else (), dtype=torch.float64))
+
+    @property
+    def per_dim(self) -> bool:
+        return self.scale.dim() > 0
 
     @torch.no_grad()
     def fit(self, y: torch.Tensor) -> None:
-        """Centre, then scale so that the variance per dimension averaged over dimensions is 1.
+        """Centre, then scale so that the variance per dimension averaged over dimensions
+        is 1 (global), or the variance of every dimension is 1 (per-dim).
 
         Shapes: y (N, *D).
         """
@@ -59,19 +71,23 @@ class AffineScaler(nn.Module):
         big = torch.ldexp(torch.ones((), dtype=torch.float64), torch.frexp(top).exponent.clamp(max=1023))
         z = y / big
         z_shift = z.mean(0)
-        z_var = ((z - z_shift) ** 2).mean()
-        if z_var <= 0:
+        z_var = ((z - z_shift) ** 2).mean(0) if self.per_dim else ((z - z_shift) ** 2).mean()
+        if not (z_var > 0).any():
             raise DataError("the training data have zero variance: every example is the same")
+        if not (z_var > 0).all():
+            first = tuple(int(i) for i in (z_var <= 0).nonzero()[0])
+            raise DataError(f"the training data are constant in dimension {first[0] if len(first) == 1 else first}: "
+                            "data.scaling = 'per-dim' cannot scale it to variance 1; use data.scaling = 'global'")
         scale = z_var.sqrt() * big
         info = torch.finfo(torch.float64)
-        if not scale >= info.tiny:
+        if not (scale >= info.tiny).all():
             raise DataError(
-                f"the training data's spread ({float(scale):.3g}) is below float64's smallest normal number "
+                f"the training data's spread ({float(scale.min()):.3g}) is below float64's smallest normal number "
                 f"({info.tiny:.3g}): rescale the data"
             )
-        if not scale <= info.max / 1e6:
+        if not (scale <= info.max / 1e6).all():
             raise DataError(
-                f"the training data's spread ({float(scale):.3g}) is too close to float64's largest value "
+                f"the training data's spread ({float(scale.max()):.3g}) is too close to float64's largest value "
                 f"({info.max:.3g}) to sample from: rescale the data"
             )
         self.shift.copy_(z_shift * big)
@@ -86,8 +102,15 @@ class AffineScaler(nn.Module):
         return x.to(torch.float64) * self.scale + self.shift
 
     def log_det(self, n_dims: int) -> float:
-        """log |dx/dy| = -D log(scale), nats: add it to log p_x to get log p_y."""
+        """log |dx/dy| = -sum_d log(scale_d) (-D log(scale) for one scale), nats: add it
+        to log p_x to get log p_y. Shapes: none."""
+        if self.per_dim:
+            return -float(torch.log(self.scale).sum())
         return -n_dims * float(torch.log(self.scale))
+
+    def geometric_scale(self) -> float:
+        """The one scale with the same Jacobian: exp(mean_d log scale_d). Shapes: none."""
+        return float(torch.exp(torch.log(self.scale).mean()))
 
 
 @dataclass(frozen=True)
@@ -108,7 +131,8 @@ class DiffusionModel(nn.Module):
     Time: the network sees t in [0, 1]; step i of a discrete schedule is t = i / T, and
     in continuous time the first latent sits at t = 0 (``schedules``).
     cond: an optional conditioning input (labels, or None) passed through to the
-    network; None calls the network as net(x, t).
+    network; None calls the network as net(x, t). scaling: the data map's scale,
+    ``global`` (one, the paper's) or ``per-dim`` (``AffineScaler``).
     """
 
     def __init__(
@@ -119,6 +143,7 @@ class DiffusionModel(nn.Module):
         data_shape: tuple[int, ...],
         channels: int | None = None,
         process="gaussian",
+        scaling: str = "global",
     ):
         super().__init__()
         self.process = processes.get(process) if isinstance(process, str) else process
@@ -136,7 +161,9 @@ class DiffusionModel(nn.Module):
         self.spec = spec
         self.data_shape = tuple(data_shape)
         self.channels = self.param.channels if channels is None else channels
-        self.scaler = AffineScaler(self.data_shape)
+        if scaling not in SCALINGS:
+            raise ConfigError(f"unknown data.scaling {scaling!r}; choose global or per-dim")
+        self.scaler = AffineScaler(self.data_shape, per_dim=scaling == "per-dim")
         self.process.register_buffers(self)
 
     @property
@@ -259,6 +286,10 @@ def build_schedule(cfg) -> DiscreteSchedule | ContinuousSchedule:
 def build_model(cfg, data_shape: tuple[int, ...]) -> DiffusionModel:
     """A fresh DiffusionModel for a Config and a data shape (scaler not yet fitted)."""
     m = cfg.model
+    from_size = [k for k in AUTO_KEYS if k.startswith("model.") and getattr(m, k.split(".")[1]) == AUTO]
+    if from_size:
+        raise ConfigError(f"config key {from_size[0]!r} = -1 is chosen from the training data when training starts "
+                          "(defaults.for_data); give a value to build a model without training")
     channels = parametrization.output_channels(m.parametrization, m.variance, cfg.process.kind)
     schedule = build_schedule(cfg.process)
     n = 1
@@ -272,6 +303,7 @@ def build_model(cfg, data_shape: tuple[int, ...]) -> DiffusionModel:
             fourier_frequencies=m.fourier_frequencies,
             fourier_min_exponent=m.fourier_min_exponent,
             activation=m.activation,
+            dropout=m.dropout,
         )
     elif m.net == "rbf":
         if cfg.process.time != "discrete":
@@ -305,4 +337,4 @@ def build_model(cfg, data_shape: tuple[int, ...]) -> DiffusionModel:
         options = {}
     net = build_net(m.net, n, channels * n, cfg.process.T, **options)
     spec = ModelSpec(m.parametrization, m.variance, m.decoder)
-    return DiffusionModel(net, schedule, spec, data_shape, channels, cfg.process.kind)
+    return DiffusionModel(net, schedule, spec, data_shape, channels, cfg.process.kind, cfg.data.scaling)

@@ -622,6 +622,48 @@ def iw_curve(
     return _save(fig, path)
 
 
+def held_out_curve(
+    path: str | os.PathLike[str],
+    steps: np.ndarray,
+    val_bits: np.ndarray,
+    train_bits: np.ndarray,
+    best_step: int | None,
+    title: str,
+    gaussian_bits: float | None = None,
+) -> Path:
+    """The held-out checks of a training run: K on the validation examples and on as
+    many training examples against the step (their gap is overfitting), the best check
+    marked, and the full-covariance Gaussian baseline as a line.
+
+    Shapes: steps, val_bits, train_bits: (n,); best_step, gaussian_bits: scalars.
+    """
+    x, v, tr = _vector("steps", steps), _vector("val_bits", val_bits), _vector("train_bits", train_bits)
+    if not (x.shape == v.shape == tr.shape) or x.size == 0:
+        raise ValueError("steps, val_bits and train_bits must be non-empty and of one shape")
+    fig = _new_figure(6.4, 4.0)
+    ax = fig.add_subplot()
+    ax.plot(x, tr, color=FAINT_DATA_COLOR, lw=1.4, marker=".", label="training examples")
+    ax.plot(x, v, color=MODEL_COLOR, lw=1.8, marker=".", label="validation examples")
+    if best_step is not None and best_step in x:
+        i = int(np.nonzero(x == best_step)[0][0])
+        ax.plot([x[i]], [v[i]], "o", ms=9, mfc="none", mec=MODEL_COLOR, mew=1.8, label=f"best check (step {best_step})")
+    if gaussian_bits is not None:
+        ax.axhline(gaussian_bits, color=DATA_COLOR, lw=1.4, ls="--", label="full-covariance Gaussian (held-out)")
+    # The first checks of a run are far below the rest: the axis follows the later ones.
+    finite = np.concatenate([v[np.isfinite(v)], tr[np.isfinite(tr)]]
+                            + ([np.array([gaussian_bits])] if gaussian_bits is not None else []))
+    if finite.size > 4:
+        lo, hi = np.percentile(finite, 10), finite.max()
+        pad = 0.08 * (hi - lo) if hi > lo else 1.0
+        ax.set_ylim(lo - pad, hi + pad)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("K, bits per example (data units)")
+    ax.set_title(title)
+    ax.grid(True, lw=0.5, alpha=0.4)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
 def entropy_bounds(
     path: str | os.PathLike[str],
     t: np.ndarray,

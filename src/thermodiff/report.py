@@ -26,7 +26,7 @@ from .entropy import entropy_bounds
 from .evaluation import evaluate_run, iw_record
 from .model import DiffusionModel
 from .sampling.ancestral import drift, sample
-from .run_folder import load_run
+from .run_folder import METRICS, load_run
 
 
 def _finite_or_none(value):
@@ -205,27 +205,59 @@ def condition_figure(model: DiffusionModel, path: str | Path, samples: torch.Ten
     return None
 
 
+def held_out_checks(run: Path) -> list[dict]:
+    """The held-out checks a run logged (metrics.jsonl lines with "val_bits"), in step
+    order; none where it did not monitor. Shapes: none."""
+    path = Path(run) / METRICS
+    checks = []
+    if not path.is_file():
+        return checks
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:
+            break  # a cut line ends what can be read, as on resume
+        if isinstance(r, dict) and isinstance(r.get("val_bits"), (int, float)) and isinstance(r.get("step"), int):
+            checks.append(r)
+    return checks
+
+
+def held_out_figure(run: Path, out: Path, gaussian_bits: float | None = None) -> Path | None:
+    """held_out.png in out: the run's held-out checks over training (``plots.held_out_curve``);
+    None where the run made none. Shapes: none."""
+    checks = held_out_checks(run)
+    if not checks:
+        return None
+    return plots.held_out_curve(
+        out / "held_out.png", np.array([c["step"] for c in checks]), np.array([c["val_bits"] for c in checks]),
+        np.array([c.get("train_eval_bits", np.nan) for c in checks]), checks[-1].get("best_step"),
+        "Held-out checks during training: K on validation and training examples", gaussian_bits,
+    )
+
+
 def run_report(run: str | Path, out: str | Path | None = None, m: int = 100, html: bool = False,
-               progress: bool = False, eval_overrides: dict | None = None, entropy_examples: int = 256) -> Path:
+               progress: bool = False, eval_overrides: dict | None = None, entropy_examples: int = 256,
+               which: str = "best") -> Path:
     """The likelihood report of a trained run: K and its terms, K - L_null, the
     importance-weighted estimate against M, the entropy bounds of each reverse step,
     the exact log-likelihood where the data set's density is known, and the run's
     figures. Writes report.md (or report.html), report.json and PNGs to out
     (default RUN/report) and returns the report's path. eval_overrides: eval config
-    keys to change for this report (e.g. iw_examples).
+    keys to change for this report (e.g. iw_examples). which: the weights, "best"
+    (the best held-out check, where the run monitored one) or "last".
 
     Shapes: none (a run folder -> files).
     """
-    cfg, model, meta = load_run(run)
+    cfg, model, meta = load_run(run, which=which)
     cfg = config_mod.replace(cfg, eval=eval_overrides or {})
     out = Path(out) if out else Path(run) / "report"
     dataset = data_mod.load(cfg.data)
     record = evaluate_run(model, dataset.test, cfg.eval, dataset.log_density, progress=progress,
-                          sampler=meta["time_sampler"])
+                          sampler=meta["time_sampler"], train=dataset.train_continuous(cfg.train.seed))
     record.update(iw_record(model, dataset.test, cfg.eval, m, dataset.log_density, progress))
     ent = entropy_bounds(model, dataset.test[:entropy_examples], cfg.eval.iw_steps or None, cfg.eval.seed)
     record["entropy_bounds"] = ent
-    record.update(train_steps=meta["step"], train_seconds=meta["train_seconds"])
+    record.update(train_steps=meta["step"], train_seconds=meta["train_seconds"], checkpoint=meta["checkpoint"])
     names = [p.name for p in figures(model, dataset.train, record, out, steps=cfg.eval.sample_steps or None)]
     curve = record["iw_curve"]
     names.append(plots.iw_curve(
@@ -239,6 +271,9 @@ def run_report(run: str | Path, out: str | Path | None = None, m: int = 100, htm
         out / "entropy_bounds.png", ent["t"], ent["lower"], ent["upper"], ent["model"],
         "Entropy of each reverse step (paper eq. 24)", flagged=flagged,
     ).name)
+    curve = held_out_figure(Path(run), out, record.get("gaussian_bits"))
+    if curve is not None:
+        names.insert(0, curve.name)
     write_json(out / "report.json", record)
     title = f"thermodiff report: {cfg.name}"
     path = out / ("report.html" if html else "report.md")
@@ -254,6 +289,9 @@ _ROWS = [
     ("exact log-likelihood, bits (scaled data)", "exact_bits_scaled"),
     ("gap exact - K, bits", "gap_bits"),
     ("standard error of the gap, bits", "gap_stderr_bits"),
+    ("full-covariance Gaussian fitted to the training data, held-out bits (data units)", "gaussian_bits"),
+    ("K - Gaussian, bits", "K_minus_gaussian_bits"),
+    ("its standard error (paired), bits", "K_minus_gaussian_stderr_bits"),
     ("L_null, bits", "L_null_bits"),
     ("K - L_null, bits", "K_minus_L_null_bits"),
     ("bits per dimension (-K / D, data units)", "bits_per_dim"),
@@ -270,6 +308,7 @@ _ROWS = [
     ("trajectories per example M", "iw_M"),
     ("hops per trajectory", "iw_steps"),
     ("examples for the importance-weighted estimate", "iw_n_examples"),
+    ("weights", "checkpoint"),
     ("training steps", "train_steps"),
     ("training seconds", "train_seconds"),
 ]
@@ -292,6 +331,12 @@ def _tables(record: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     return tables
 
 
+def _warning_lines(record: dict) -> list[str]:
+    """The record's warnings and notes, one sentence each. Shapes: none."""
+    return [f"{'Warning' if 'warning' in k else 'Note'}: {record[k]}."
+            for k in ("warning", "gaussian_warning", "gaussian_note") if k in record]
+
+
 def _entropy_line(record: dict) -> str | None:
     ent = record.get("entropy_bounds")
     if not ent:
@@ -304,6 +349,8 @@ def _entropy_line(record: dict) -> str | None:
 def markdown(record: dict, title: str, figure_names: list[str]) -> str:
     """A Markdown report of an evaluation record, with its figures. Shapes: dict -> str."""
     lines = [f"# {title}", ""]
+    for w in _warning_lines(record):
+        lines += [f"**{w}**", ""]
     for caption, header, rows in _tables(record):
         if caption:
             lines += [caption, ""]
@@ -322,6 +369,7 @@ def to_html(record: dict, title: str, figure_names: list[str]) -> str:
              "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
              "td,th{border:1px solid #ccc;padding:2px 8px}table{border-collapse:collapse;margin:1em 0}</style>",
              f"</head><body><h1>{escape(title)}</h1>"]
+    parts += [f"<p><strong>{escape(w)}</strong></p>" for w in _warning_lines(record)]
     for caption, header, rows in _tables(record):
         if caption:
             parts.append(f"<p>{escape(caption)}</p>")

@@ -7,6 +7,11 @@
 - ``checkpoint.safetensors``: everything training needs to continue draw for draw
   (``TrainingState``: model, EMA, optimiser, time sampler, the generator's state, the
   step and the seconds spent) plus the config, written atomically (``checkpoint``).
+- ``best.safetensors``: with held-out monitoring (``train.validate_every``), the
+  weights (model, EMA, time sampler) at the check with the best held-out bound; the
+  checkpoint records that step (``best_step``). A new best is written as a full
+  checkpoint first, then as this file, so a kill between the two leaves a checkpoint
+  that is itself the best, and the next start writes the file again.
 - ``metrics.jsonl``: one JSON line per logged step. On resume the lines logged after
   the checkpoint are dropped (on a start from step 0: all of them): training redoes
   those steps and logs them again. A damaged line (not a JSON object with an integer
@@ -34,7 +39,7 @@ import fcntl
 import json
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -46,10 +51,12 @@ from . import config as config_mod
 from .atomic import atomic_write
 from .errors import CheckpointError, ConfigError, ThermodiffError, one_line
 from .model import DiffusionModel, build_model
+from .monitor import Best
 from .objectives import make_time_sampler
 from .time_sampler import TimeSampler
 
 CHECKPOINT = "checkpoint.safetensors"
+BEST = "best.safetensors"
 CONFIG = "config.toml"
 METRICS = "metrics.jsonl"
 LOCK = ".lock"
@@ -67,6 +74,7 @@ class TrainingState:
     ema: AveragedModel | None = None
     step: int = 0
     seconds: float = 0.0
+    best: Best = field(default_factory=Best)
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -118,7 +126,7 @@ def lock(out: Path):
 def remove_stale_temps(out: Path) -> None:
     """Remove the temporary files of atomic writes (``.NAME.*.tmp``) of the run's files,
     left by a process killed mid-write. Only under ``lock``: no live writer then."""
-    for name in (CHECKPOINT, CONFIG, METRICS):
+    for name in (CHECKPOINT, BEST, CONFIG, METRICS):
         for tmp in out.glob(f".{name}.*.tmp"):
             tmp.unlink(missing_ok=True)
 
@@ -150,6 +158,7 @@ def start(out: Path, cfg: config_mod.Config, fresh: bool = False) -> None:
         if not resumable(saved, cfg):
             raise ConfigError(f"{out} holds a run with a different config; choose another --out")
         return
+    (out / BEST).unlink(missing_ok=True)  # no checkpoint: a best file left beside none is another run's
     _write_text_atomic(out / CONFIG, config_mod.dumps(cfg))
 
 
@@ -169,13 +178,8 @@ def save_checkpoint(out: Path, state: TrainingState, cfg: config_mod.Config) -> 
     }
     if state.ema is not None:
         states["ema"] = state.ema.state_dict()
-    meta = {"step": state.step, "train_seconds": state.seconds, "config": config_mod.to_dict(cfg)}
-    path = out / CHECKPOINT
-    try:
-        checkpoint.save(path, states, meta)
-    except (OSError, SafetensorError) as exc:  # a full disk: the previous checkpoint stays
-        raise CheckpointError(f"{path}: cannot write the checkpoint ({one_line(exc)}); "
-                              "the previous checkpoint is intact") from None
+    meta = {"step": state.step, "train_seconds": state.seconds, "config": config_mod.to_dict(cfg), **state.best.to_meta()}
+    _save(out / CHECKPOINT, states, meta)
     # config.toml follows the checkpoint (a longer budget is recorded only once trained on).
     text = config_mod.dumps(cfg)
     try:
@@ -186,7 +190,34 @@ def save_checkpoint(out: Path, state: TrainingState, cfg: config_mod.Config) -> 
         _write_text_atomic(out / CONFIG, text)
 
 
-def resume(out: Path, state: TrainingState) -> bool:
+def _save(path: Path, states: dict, meta: dict) -> None:
+    try:
+        checkpoint.save(path, states, meta)
+    except (OSError, SafetensorError) as exc:  # a full disk: the previous file stays
+        raise CheckpointError(f"{path}: cannot write the checkpoint ({one_line(exc)}); "
+                              "the previous checkpoint is intact") from None
+
+
+def save_best(out: Path, state: TrainingState, cfg: config_mod.Config) -> None:
+    """Write the weights of `state` (model, EMA, time sampler; no optimiser) to
+    ``out / BEST`` as the best held-out check; call it after ``save_checkpoint``."""
+    states = {"model": state.model.state_dict(), "sampler": state.sampler.state_dict()}
+    if state.ema is not None:
+        states["ema"] = state.ema.state_dict()
+    meta = {"step": state.step, "train_seconds": state.seconds, "config": config_mod.to_dict(cfg),
+            "val_bits": state.best.bits}
+    _save(out / BEST, states, meta)
+
+
+def _best_step_on_disk(out: Path) -> int | None:
+    """The step of ``out / BEST`` (None: none, or unreadable)."""
+    try:
+        return int(checkpoint.load(out / BEST, weights_only=True)[1]["step"])
+    except (CheckpointError, KeyError, TypeError, ValueError):
+        return None
+
+
+def resume(out: Path, state: TrainingState, cfg: config_mod.Config | None = None) -> bool:
     """Load the run's checkpoint into `state` (in place) where there is one, and drop
     the metric lines logged after it. Returns whether a checkpoint was found.
 
@@ -209,6 +240,10 @@ def resume(out: Path, state: TrainingState) -> bool:
         raise CheckpointError(f"{path}: does not match the run's config ({str(exc).splitlines()[0][:160]})") from None
     state.generator.set_state(states["rng"]["generator"])
     state.step, state.seconds = int(meta["step"]), float(meta["train_seconds"])
+    state.best = Best.from_meta(meta)
+    # A kill between a new best's checkpoint and its best file: the checkpoint is the best.
+    if cfg is not None and state.best.step == state.step and _best_step_on_disk(out) != state.step:
+        save_best(out, state, cfg)
     truncate_metrics(out / METRICS, state.step)
     return True
 
@@ -239,12 +274,21 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     _write_text_atomic(path, "".join(s + "\n" for s in keep))
 
 
-def load_run(run: str | Path, use_ema: bool = True, device: str = "cpu"):
+CHOICES = ("best", "last")
+
+
+def load_run(run: str | Path, use_ema: bool = True, device: str = "cpu", which: str = "best"):
     """Load a run folder: (config, model with EMA weights if any, checkpoint metadata).
 
-    The metadata holds "step", "train_seconds" and the run's "time_sampler".
+    which: "best", the weights of the best held-out check where the run monitored one
+    (else the last), or "last", the last checkpoint. The metadata holds "step" (of the
+    weights loaded), "train_seconds", "checkpoint" (which weights, in words:
+    "best held-out check, step 3500 of 10000"), "trained_steps" and the run's
+    "time_sampler".
     """
     run = Path(run)
+    if which not in CHOICES:
+        raise ConfigError(f"unknown checkpoint {which!r}; choose best or last")
     if not run.is_dir():
         raise CheckpointError(f"{run}: run folder not found")
     cfg = config_mod.load(run / CONFIG) if (run / CONFIG).exists() else None
@@ -253,6 +297,19 @@ def load_run(run: str | Path, use_ema: bool = True, device: str = "cpu"):
     if cfg is not None and cfg != saved and not resumable(cfg, saved):
         raise CheckpointError(f"{run}: {CONFIG} does not match the checkpoint's config")
     cfg = saved  # the checkpoint's config rules (config.toml may differ in the budget)
+    trained, trained_seconds = int(meta["step"]), float(meta["train_seconds"])
+    best = Best.from_meta(meta)
+    label = f"last checkpoint, step {trained}"
+    if which == "best" and best.step is not None:
+        label = f"best held-out check, step {best.step} of {trained} (validation K = {best.bits:.2f} bits)"
+        if best.step != trained:  # else the checkpoint is itself the best
+            states, best_meta = checkpoint.load(run / BEST, weights_only=True)
+            if int(best_meta.get("step", -1)) != best.step:
+                raise CheckpointError(f"{run / BEST}: holds step {best_meta.get('step')}, the checkpoint's best "
+                                      f"is step {best.step}; evaluate --checkpoint last, or train on to rewrite it")
+            meta = dict(meta, step=best.step, train_seconds=best_meta["train_seconds"])
+    elif which == "best":
+        label += " (the run has no held-out checks)"
     shape = tuple(states["model"]["scaler.shift"].shape)
     model = build_model(cfg, shape)
     state = states["model"]
@@ -268,5 +325,5 @@ def load_run(run: str | Path, use_ema: bool = True, device: str = "cpu"):
         sampler.load_state_dict(states["sampler"])
     except (KeyError, RuntimeError) as exc:
         raise CheckpointError(f"{run}: checkpoint's time sampler does not match its config ({exc})") from None
-    meta = dict(meta, time_sampler=sampler)
+    meta = dict(meta, time_sampler=sampler, checkpoint=label, trained_steps=trained, trained_seconds=trained_seconds)
     return cfg, model.to(device).eval(), meta

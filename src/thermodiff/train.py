@@ -5,7 +5,8 @@ returns the per-example loss, every trainable parameter is used in it, and one
 ``.backward()`` of the mean trains everything (a learned continuous schedule's interior
 included: ``variance_gradient``). The loop keeps the learning-rate schedule, the batch
 draw, AdamW with gradient clipping, an EMA of the weights (torch's own AveragedModel),
-logging to ``metrics.jsonl`` and checkpoints inline; the run folder (config, checkpoint,
+logging to ``metrics.jsonl``, held-out checks (``monitor``: the best weights kept,
+early stopping) and checkpoints inline; the run folder (config, checkpoint,
 resume, metrics, lock) is ``run_folder``'s. Running ``fit`` again on a run folder
 continues from its last checkpoint, draw for draw. Ctrl-C (SIGINT) is taken at the end
 of the step it lands in: that step's checkpoint is written, then KeyboardInterrupt is
@@ -29,10 +30,11 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from . import config as config_mod
-from . import run_folder
+from . import defaults, run_folder
 from .data import Dataset
 from .errors import ConfigError, ThermodiffError
 from .model import DiffusionModel, build_model
+from .monitor import HeldOutMonitor
 from .objectives import check_objective, loss_per_example, make_time_sampler
 from .run_folder import CHECKPOINT, CONFIG, METRICS, load_run  # noqa: F401  (the run folder's names, as before)
 from .time_sampler import TimeSampler
@@ -162,11 +164,7 @@ def _fitted_model(cfg: config_mod.Config, data: Dataset) -> DiffusionModel:
     """A fresh model (initialised from the global seed) with its data map fitted."""
     model = build_model(cfg, data.shape)
     model.check_data(data.train, "training data")
-    if data.dequantize:  # integer levels are fitted as the model will see them: dequantised (one draw)
-        noise = torch.rand(data.train.shape, generator=torch.Generator().manual_seed(cfg.train.seed), dtype=torch.float64)
-        model.fit_data(data.train + noise)
-    else:
-        model.fit_data(data.train)
+    model.fit_data(data.train_continuous(cfg.train.seed))  # integer levels as the model sees them
     return model
 
 
@@ -217,11 +215,16 @@ def fit(cfg: config_mod.Config, data: Dataset, out: str | Path, progress: bool =
         fresh: bool = False) -> DiffusionModel:
     """Train (or resume) a model on data.train, writing the run folder `out`, which this
     process holds (``run_folder.lock``) until it returns. `fresh` (demo, bench): refuse
-    a folder that holds a trained run rather than continue it.
+    a folder that holds a trained run rather than continue it. Config values of -1
+    (``config.AUTO_KEYS``) are first chosen from the training set's size
+    (``defaults.for_data``); the run folder records the choice.
 
     Returns the EMA model (or the model when EMA is off) on the CPU.
     """
     out = Path(out)
+    cfg, chosen = defaults.for_data(cfg, data.train.shape[0], math.prod(data.shape))
+    if chosen:
+        log(f"for {data.train.shape[0]} training examples of {math.prod(data.shape)} values: {', '.join(chosen)}")
     tc = cfg.train
     lr_factor(tc.lr_schedule, 0.0, 0, 0)  # validate before anything is written
     check_objective(tc.objective, cfg.model.parametrization, cfg.process.kind)
@@ -237,22 +240,48 @@ def fit(cfg: config_mod.Config, data: Dataset, out: str | Path, progress: bool =
         optimizer, ema = make_optimizer(model, tc)
         gen = torch.Generator().manual_seed(tc.seed)  # every draw of training, in a fixed order
         state = run_folder.TrainingState(model, optimizer, sampler, gen, ema)
-        if run_folder.resume(out, state):
+        if run_folder.resume(out, state, cfg):
             log(f"resuming {out} from step {state.step}")
-        _loop(cfg, data, out, state, precision, device, progress)
+        monitor = _monitor(cfg, data, log)
+        _loop(cfg, data, out, state, precision, device, progress, monitor)
         run_folder.save_checkpoint(out, state, cfg)
+        if state.best.exhausted(tc.patience):
+            log(f"stopped early at step {state.step}: no better held-out bound in {tc.patience} checks")
+        if state.best.step is not None:
+            log(f"best held-out check: step {state.best.step} of {state.step}, validation K = "
+                f"{state.best.bits:.2f} bits (evaluate, sample and report use these weights; --checkpoint last "
+                "the last ones)")
     final = ema.module if ema is not None else model
     return final.cpu().eval()
 
 
+def _monitor(cfg: config_mod.Config, data: Dataset, log) -> HeldOutMonitor | None:
+    """The held-out monitor train.validate_every asks for (None: off): on the validation
+    set, else on the held-out test set, which then guides the choice of weights."""
+    tc = cfg.train
+    if tc.validate_every == 0:
+        return None
+    held_out, where = data.validation, f"validation set ({data.validation_source})"
+    if held_out is None:
+        held_out, where = data.test, "held-out test set (no validation set: its K then guides the choice of weights)"
+    train = data.train_continuous(cfg.train.seed)  # integer levels: the one draw the scaling was fitted to
+    monitor = HeldOutMonitor(held_out, train, tc.validate_examples, tc.validate_n_t, cfg.eval.batch_size, cfg.eval.seed)
+    stop = f"; training stops after {tc.patience} checks without a better one" if tc.patience else ""
+    log(f"held-out K every {tc.validate_every} steps on {monitor.validation.shape[0]} examples of the {where}{stop}")
+    return monitor
+
+
 def _loop(cfg: config_mod.Config, data: Dataset, out: Path, state: run_folder.TrainingState,
-          precision: torch.dtype | None, device: torch.device, progress: bool) -> None:
+          precision: torch.dtype | None, device: torch.device, progress: bool,
+          monitor: HeldOutMonitor | None = None) -> None:
     """The training loop: `state` (its objects in place) from state.step to the end of
-    the budget, logging to and checkpointing into `out`."""
+    the budget, or until `monitor`'s checks stop improving (train.patience), logging to
+    and checkpointing into `out`."""
     tc = cfg.train
     model, optimizer, sampler, gen, ema = state.model, state.optimizer, state.sampler, state.generator, state.ema
     objective = Objective(model, tc.objective, sampler, tc.hybrid_lambda)
 
+    dropout = any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
     # The whole training set lives on the device, already scaled: batches are an index.
     x_train = model.scaler(data.train).to(device)
     n = x_train.shape[0]
@@ -275,7 +304,7 @@ def _loop(cfg: config_mod.Config, data: Dataset, out: Path, state: run_folder.Tr
     model.train()
     try:
         with _Interrupt() as interrupt:
-            while budget_used() < 1.0:
+            while budget_used() < 1.0 and not state.best.exhausted(tc.patience):
                 t0 = time.perf_counter()
                 # The schedule follows whichever budget (steps or seconds) is further spent,
                 # so a time-limited run still ends with a decayed learning rate.
@@ -288,6 +317,10 @@ def _loop(cfg: config_mod.Config, data: Dataset, out: Path, state: run_folder.Tr
                 if data.dequantize:
                     u = torch.rand(x.shape, generator=gen).to(device)
                     x = x + u / model.scaler.scale.to(device=device, dtype=x.dtype)
+                # Dropout draws from torch's global generator, which no checkpoint holds:
+                # seeding it from the run's generator each step keeps a resume draw for draw.
+                if dropout:
+                    torch.manual_seed(int(torch.randint(0, 2**62, (), generator=gen)))
                 # The step: forward, backward, clip, AdamW; then the EMA follows the weights.
                 stats = train_step(objective, optimizer, x, tc, sampler, gen, precision)
                 if ema is not None:
@@ -303,12 +336,29 @@ def _loop(cfg: config_mod.Config, data: Dataset, out: Path, state: run_folder.Tr
                     if tc.objective == "bound":
                         record["bound_bits"] = -stats["loss"] / math.log(2)  # K estimate, scaled data
                     _append_line(metrics, metrics_path, json.dumps(record) + "\n")
-                    if bar is not None:
+                    if bar is not None and monitor is None:
                         bar.set_postfix(loss=f"{stats['loss']:.4f}")
-                # Checkpointing: everything needed to continue draw for draw; and on Ctrl-C,
-                # which lands here (the step is whole), before stopping.
-                if state.step % tc.checkpoint_every == 0 or interrupt.requested:
+                # Held-out check: K on the validation set; a new best is checkpointed at once.
+                improved = False
+                if monitor is not None and (state.step % tc.validate_every == 0 or budget_used() >= 1.0):
+                    t1 = time.perf_counter()
+                    check = monitor(ema.module if ema is not None else model, sampler)
+                    model.train()
+                    improved = state.best.update(state.step, check["val_bits"])
+                    state.seconds += time.perf_counter() - t1  # the budget counts the checks too
+                    record = {"step": state.step, **check, "best_step": state.best.step,
+                              "best_val_bits": state.best.bits, "seconds": round(state.seconds, 3)}
+                    _append_line(metrics, metrics_path, json.dumps(record) + "\n")
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{stats['loss']:.4f}", val=f"{check['val_bits']:.2f}",
+                                        best=f"{state.best.bits:.2f}@{state.best.step}")
+                # Checkpointing: everything needed to continue draw for draw; on a new best
+                # (then the best weights beside it); and on Ctrl-C, which lands here (the
+                # step is whole), before stopping.
+                if state.step % tc.checkpoint_every == 0 or interrupt.requested or improved:
                     run_folder.save_checkpoint(out, state, cfg)
+                if improved:
+                    run_folder.save_best(out, state, cfg)
                 if interrupt.requested:
                     raise KeyboardInterrupt
                 if bar is not None:

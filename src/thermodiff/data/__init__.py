@@ -3,7 +3,7 @@ plus the exact log-density where the data set has one (the ceiling no bound may 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -31,10 +31,23 @@ class Dataset:
     test: torch.Tensor  # (M, *D)
     log_density: Callable[[torch.Tensor], torch.Tensor] | None = None
     dequantize: bool = False
+    validation: torch.Tensor | None = None  # (V, *D), dequantised once like test; None: no validation set
+    validation_source: str = ""  # where the validation set came from, in words
 
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.train.shape[1:])
+
+    def train_continuous(self, seed: int) -> torch.Tensor:
+        """The training examples as a density on continuous values sees them: integer
+        levels dequantised once (uniform in [0, 1), seeded), other data as they are.
+
+        Shapes: (N, *D) float64.
+        """
+        if not self.dequantize:
+            return self.train
+        return self.train + torch.rand(self.train.shape, generator=torch.Generator().manual_seed(seed),
+                                       dtype=torch.float64)
 
 
 def is_binary(x: torch.Tensor) -> bool:
@@ -59,7 +72,44 @@ def check_finite(x: torch.Tensor, what: str) -> torch.Tensor:
 
 
 def load(cfg) -> Dataset:
-    """Resolve a DataConfig to a Dataset. Generated sets are deterministic in cfg.seed."""
+    """Resolve a DataConfig to a Dataset, with its validation set (``with_validation``).
+    Generated sets are deterministic in cfg.seed."""
+    return with_validation(_load(cfg), cfg)
+
+
+def with_validation(ds: Dataset, cfg) -> Dataset:
+    """The validation set that monitors training: the file data.validation_path, or
+    else data.validation_fraction of the training examples, held out at random (seeded)
+    and removed from the training set; neither: ds as it is. Integer levels are
+    dequantised once (seeded), like the held-out set.
+
+    Shapes: ds.train (N, *D) -> train (N - V, *D), validation (V, *D).
+    """
+    if cfg.validation_path:
+        from .arrays import load_array
+
+        v = check_finite(torch.as_tensor(load_array(cfg.validation_path), dtype=torch.float64), cfg.validation_path)
+        if tuple(v.shape[1:]) != ds.shape:
+            raise DataError(f"{cfg.validation_path}: validation data have shape {tuple(v.shape[1:])}, "
+                            f"training data {ds.shape}")
+        train, source = ds.train, cfg.validation_path
+    elif cfg.validation_fraction > 0:
+        from .arrays import split_holdout
+
+        n = ds.train.shape[0]
+        if round(cfg.validation_fraction * n) < 1 or round(cfg.validation_fraction * n) > n - 1:
+            raise DataError(f"data.validation_fraction = {cfg.validation_fraction:g} of {n} training examples "
+                            "leaves an empty part; change it, or give data.validation_path")
+        train, v = (torch.as_tensor(a) for a in split_holdout(ds.train.numpy(), cfg.validation_fraction, cfg.seed + 7))
+        source = f"{v.shape[0]} of the {n} training examples, held out"
+    else:
+        return ds
+    if ds.dequantize:
+        v = v + torch.rand(v.shape, generator=torch.Generator().manual_seed(cfg.seed + 3_000_017), dtype=torch.float64)
+    return replace(ds, train=train, validation=v, validation_source=source)
+
+
+def _load(cfg) -> Dataset:
     if cfg.name == "swissroll":
         from .toy import swissroll_log_density, swissroll_sample
 

@@ -354,3 +354,32 @@ def load_binary_mnist(
     test = binarize(test_images, method, seed + _TEST_SEED_OFFSET if method == "stochastic" else seed)
     # A single channel axis: the images enter the networks as (N, C, H, W).
     return train[:, None], test[:, None], train_labels, test_labels
+
+
+def downsample_levels(images: np.ndarray, factor: int) -> np.ndarray:
+    """Area averaging by `factor` in each direction, rounded back to 8-bit levels.
+
+    Shapes: images (N, H, W) uint8 with H, W divisible by factor -> (N, H / factor,
+    W / factor) uint8.
+    """
+    n, h, w = images.shape
+    if h % factor or w % factor:
+        raise DataError(f"images of {h} x {w} pixels do not divide into {factor} x {factor} blocks")
+    blocks = images.reshape(n, h // factor, factor, w // factor, factor).astype(np.float64)
+    return np.rint(blocks.mean(axis=(2, 4))).astype(np.uint8)
+
+
+def small_mnist_vectors(root: str | os.PathLike, n: int, factor: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The `small-data` benchmark's arrays: the first n MNIST training and test images,
+    area-averaged by `factor` (28 x 28 -> 14 x 14 for 2), as 8-bit levels dequantised
+    once by uniform noise in [0, 1) (seeded), flattened to vectors.
+
+    Shapes: -> train (n, 784 / factor^2), test (n, 784 / factor^2) float64.
+    """
+    rng = np.random.default_rng(_check_seed(seed))
+    out = []
+    for split in ("train", "test"):
+        images = downsample_levels(load_mnist(root, split)[0][:n], factor)
+        x = images.reshape(images.shape[0], -1).astype(np.float64)
+        out.append(x + rng.random(x.shape))
+    return out[0], out[1]

@@ -35,12 +35,13 @@ def make_activation(name: str) -> nn.Module:
 
 
 class _ResidualBlock(nn.Module):
-    """norm -> act -> linear -> + time projection -> act -> linear, added to the stream.
+    """norm -> act -> linear -> + time projection -> act -> dropout -> linear, added
+    to the stream.
 
     Shapes: h (B, width), temb (B, width) -> (B, width)
     """
 
-    def __init__(self, width: int, activation: str):
+    def __init__(self, width: int, activation: str, dropout: float = 0.0):
         super().__init__()
         self.norm = nn.LayerNorm(width)
         self.act1 = make_activation(activation)
@@ -48,13 +49,16 @@ class _ResidualBlock(nn.Module):
         # Each block gets its own view of time, so depth can use t differently.
         self.time_proj = nn.Linear(width, width)
         self.act2 = make_activation(activation)
+        # Dropout inside the residual branch only: the identity path carries the input
+        # through untouched, so a block with dropout still starts out as the identity.
+        self.dropout = nn.Dropout(dropout)
         self.lin2 = nn.Linear(width, width)
 
     def forward(self, h: Tensor, temb: Tensor) -> Tensor:
         """Shapes: h (B, width), temb (B, width) -> (B, width)"""
         u = self.lin1(self.act1(self.norm(h)))
         u = u + self.time_proj(temb)
-        return h + self.lin2(self.act2(u))
+        return h + self.lin2(self.dropout(self.act2(u)))
 
 
 class ResidualMLP(nn.Module):
@@ -62,7 +66,8 @@ class ResidualMLP(nn.Module):
 
     ``x`` is optionally expanded with ``FourierFeatures`` and projected to ``width``;
     ``depth`` residual blocks each add a learned projection of a shared time
-    embedding (sinusoidal of ``t`` through a small MLP); a final
+    embedding (sinusoidal of ``t`` through a small MLP), with ``dropout`` inside each
+    residual branch (a regulariser for small data sets); a final
     norm -> act -> linear reads out ``out_dim`` values. With
     ``zero_init_output`` the readout starts at zero, so an untrained model outputs
     exactly zero for every input.
@@ -83,6 +88,7 @@ class ResidualMLP(nn.Module):
         fourier_min_exponent: int = 0,
         activation: str = "silu",
         zero_init_output: bool = True,
+        dropout: float = 0.0,
     ):
         super().__init__()
         for name, value, lo in (
@@ -95,6 +101,8 @@ class ResidualMLP(nn.Module):
         ):
             check_int("ResidualMLP", name, value, lo)
         make_activation(activation)  # validate the name before building anything
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"ResidualMLP: dropout must be in [0, 1), got {dropout!r}")
 
         self.in_dim = in_dim
         self.out_dim = out_dim
@@ -108,7 +116,7 @@ class ResidualMLP(nn.Module):
             nn.Linear(width, width),
             make_activation(activation),
         )
-        self.blocks = nn.ModuleList(_ResidualBlock(width, activation) for _ in range(depth))
+        self.blocks = nn.ModuleList(_ResidualBlock(width, activation, dropout) for _ in range(depth))
 
         self.out_norm = nn.LayerNorm(width)
         self.out_act = make_activation(activation)

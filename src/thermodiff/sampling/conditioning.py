@@ -89,7 +89,10 @@ def _start(r: GaussianObservation, model, n, device, c: Conditioning):
     r.check(model)
     if "noisy-latents" not in model.process.supports:
         raise ConfigError("method start is for the Gaussian process")
-    y, sigma, _ = r.scaled(model)
+    y, sigma, gain = r.scaled(model)
+    if gain is not None:  # a scale per dimension: the noise differs by dimension in model units
+        raise ConfigError("method start needs the same noise in every dimension of the model's units; this model "
+                          "scales each dimension on its own (data.scaling = 'per-dim'): use method product")
     return Chain(c.kernel, Sample(), FromObservation(y, sigma))
 
 

@@ -228,24 +228,32 @@ class GaussianObservation(Condition):
     def scaled(self, model: DiffusionModel):
         """(y', sigma', A) with y' = A x + N(0, sigma'^2) for x in model units.
 
-        x_data = s x + shift, so y - A shift = s A x + noise: divide by s.
+        x_data = s x + shift, so y - A shift = s A x + noise: with one scale s, divide
+        by it; with a scale per dimension (data.scaling = "per-dim"), s moves into the
+        gain (the identity's gain is s itself, a matrix's columns are scaled) and the
+        noise stays sigma.
         Shapes: -> y' (1 or n, *D) or (1 or n, m), sigma' float, A None / (1, *D) / (m, D).
         """
-        s = float(model.scaler.scale)
-        shift = model.scaler.shift
+        s, shift = model.scaler.scale, model.scaler.shift
+
+        def in_model_units(residual, a, a_times_s):
+            if model.scaler.per_dim:
+                return residual, self.sigma, a_times_s
+            return residual / float(s), self.sigma / float(s), a
+
         if self.A is None:
             y = _broadcast(self.y, model, "the observation")
-            return (y - shift) / s, self.sigma / s, None
+            return in_model_units(y - shift, None, s.unsqueeze(0) if s.dim() else None)
         a = torch.as_tensor(self.A, dtype=torch.float64)
         if a.dim() == 2 and tuple(a.shape) != model.data_shape:
             if a.shape[1] != model.n_dims:
                 raise DataError(f"the observation matrix has {a.shape[1]} columns; "
                                 f"the data have {model.n_dims} dimensions")
             y = torch.as_tensor(self.y, dtype=torch.float64).reshape(-1, a.shape[0])
-            return (y - shift.reshape(-1) @ a.T) / s, self.sigma / s, a
+            return in_model_units(y - shift.reshape(-1) @ a.T, a, a * s.reshape(-1))
         a = _broadcast(a, model, "the observation gain")
         y = _broadcast(self.y, model, "the observation")
-        return (y - a * shift) / s, self.sigma / s, a
+        return in_model_units(y - a * shift, a, a * s)
 
     # An observation with Gaussian noise is of real values.
     bits = False

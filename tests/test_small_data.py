@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import MNIST_ROOT
 from thermodiff import config as config_mod
 from thermodiff import data as data_mod
 from thermodiff.data.toy import GaussianMixture
@@ -86,3 +87,28 @@ def test_without_monitoring_the_same_density_is_overfitted(files, tmp_path):
     assert last["K_minus_gaussian_bits"] < -2.0, last["K_minus_gaussian_bits"]
     assert "gaussian_warning" in last
     assert best["K_bits"] > last["K_bits"] + 2.0, (best["K_bits"], last["K_bits"])
+
+
+def test_downsampling_averages_blocks_to_levels():
+    from thermodiff.data.images import downsample_levels
+
+    images = np.array([[[0, 2, 255, 255], [1, 3, 255, 254], [10, 10, 0, 0], [10, 11, 0, 1]]], dtype=np.uint8)
+    np.testing.assert_array_equal(downsample_levels(images, 2), [[[2, 255], [10, 0]]])  # 1.5 -> 2, 254.75 -> 255
+
+
+@pytest.mark.skipif(not MNIST_ROOT.exists(), reason=f"real MNIST not found at {MNIST_ROOT}")
+def test_small_data_bench_smoke(tmp_path, cli):
+    import json
+
+    out = tmp_path / "b"
+    r = cli("bench", "small-data", "--smoke", "--out", out, "--json", tmp_path / "b.json")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((tmp_path / "b.json").read_text())
+    for key in ("K_bits", "gaussian_bits", "K_minus_gaussian_bits", "best_val_bits", "best_step", "checkpoint"):
+        assert key in rec, key
+    train = np.load(out / "data" / "train.npy")
+    assert train.shape == (200, 196) and (np.floor(train) != train).all() and train.max() < 256
+    assert rec["config"]["model"]["dropout"] == 0.3 and rec["config"]["data"]["validation_fraction"] == 0.1
+    # The benchmark refuses its own trained folder before rewriting the data beside it.
+    r = cli("bench", "small-data", "--smoke", "--out", out)
+    assert r.returncode == 2 and "holds a trained run" in r.stderr

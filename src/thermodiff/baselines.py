@@ -18,7 +18,9 @@ import torch
 from .units import LN2
 
 RIDGE = 1e-3  # of the average variance, added only where the covariance is singular
-MAX_FIT_EXAMPLES = 100_000  # the fit uses at most this many training examples (the first)
+# The fit uses the first training examples, at most 100,000 and at most 2e7 values' worth
+# (but at least 4 D): the covariance costs N D^2, a minute for all of CIFAR-10.
+MAX_FIT_EXAMPLES, MAX_FIT_VALUES = 100_000, 20_000_000
 
 
 def fit_gaussian(train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
@@ -28,7 +30,8 @@ def fit_gaussian(train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, 
     Returns (mean (D,), Cholesky factor (D, D) of the covariance, k, whether a ridge
     was added). Shapes: train (N, *D), float64 in the data's own units.
     """
-    y = train.reshape(train.shape[0], -1)[:MAX_FIT_EXAMPLES].to(torch.float64)
+    d = train[0].numel()
+    y = train.reshape(train.shape[0], -1)[: min(MAX_FIT_EXAMPLES, max(4 * d, MAX_FIT_VALUES // d))].to(torch.float64)
     top = float(y.abs().max())
     exponent = math.frexp(top)[1] if top > 0 else 0
     z = torch.ldexp(y, torch.tensor(-exponent))

@@ -302,7 +302,12 @@ def load_run(run: str | Path, use_ema: bool = True, device: str = "cpu", which: 
     label = f"last checkpoint, step {trained}"
     if which == "best" and best.step is not None:
         label = f"best held-out check, step {best.step} of {trained} (validation K = {best.bits:.2f} bits)"
+        if not cfg.data.validation_path and cfg.data.validation_fraction == 0:
+            label += ", chosen on the held-out test set"
         if best.step != trained:  # else the checkpoint is itself the best
+            if not (run / BEST).is_file():
+                raise CheckpointError(f"{run / BEST}: not found, though the checkpoint's best is step {best.step}; "
+                                      "evaluate --checkpoint last, or train on to write it again")
             states, best_meta = checkpoint.load(run / BEST, weights_only=True)
             if int(best_meta.get("step", -1)) != best.step:
                 raise CheckpointError(f"{run / BEST}: holds step {best_meta.get('step')}, the checkpoint's best "

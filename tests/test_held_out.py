@@ -322,3 +322,27 @@ def test_checks_on_the_test_set_say_so(tmp_path):
     train.fit(cfg, data_mod.load(cfg.data), out, progress=False, log=logged.append)
     assert any("held-out test set" in line for line in logged)
     assert run_folder.load_run(out)[2]["checkpoint"].endswith("chosen on the held-out test set")
+
+
+# -- defaults by the data's size ------------------------------------------------------------
+
+def test_auto_values_are_chosen_from_the_training_set_and_recorded():
+    from thermodiff import defaults
+
+    assert defaults.steps_for(1260, 64, 512) == 4922  # passes rule
+    assert defaults.steps_for(900, 196, 512) == 11760  # steps per dimension
+    assert defaults.steps_for(300, 8, 512) == 4000 and defaults.steps_for(450_000, 2, 512) == 20_000
+    assert [defaults.dropout_for(n) for n in (500, 19_999, 20_000, 199_999, 200_000)] == [0.3, 0.3, 0.1, 0.1, 0.0]
+    assert defaults.width_for(600) == 64 and defaults.width_for(80_640) == 256
+    vectors = config_mod.load(config_mod.config_path("vectors"))
+    assert set(defaults.unresolved(vectors)) == set(config_mod.AUTO_KEYS)
+    cfg, chosen = defaults.for_data(vectors, 1260, 64)
+    assert (cfg.train.steps, cfg.train.validate_every, cfg.model.dropout, cfg.model.width) == (4922, 123, 0.3, 256)
+    assert defaults.unresolved(cfg) == [] and "train.steps = 4922" in chosen
+    explicit = config_mod.replace(vectors, train={"steps": 100}, model={"width": 32})
+    cfg, _ = defaults.for_data(explicit, 1260, 64)
+    assert (cfg.train.steps, cfg.train.validate_every, cfg.model.width) == (100, 50, 32)  # what is given stays
+    with pytest.raises(ConfigError, match="chosen from the training data when training starts"):
+        build_model(vectors, (64,))
+    with pytest.raises(ConfigError, match=r"'train.steps' must be an integer >= 1, or -1 \(from the data's size\)"):
+        config_mod.replace(vectors, train={"steps": -2})

@@ -164,7 +164,7 @@ def cmd_evaluate(args) -> int:
     record = evaluate_run(model, y, eval_cfg, log_density, progress=not args.quiet, sampler=meta["time_sampler"],
                           train=train)
     keys = ("K_bits", "K_bits_scaled", "exact_bits_scaled", "gap_bits", "gap_stderr_bits", "gaussian_bits",
-            "K_minus_gaussian_bits", "K_minus_gaussian_stderr_bits", "L_null_bits",
+            "K_minus_gaussian_bits", "K_minus_gaussian_stderr_bits", "gaussian_note", "L_null_bits",
             "K_minus_L_null_bits", "bits_per_dim", "stderr_bits", "n_examples")
     if args.iw is not None:
         record.update(iw_record(model, y, eval_cfg, args.iw, log_density, progress=not args.quiet))

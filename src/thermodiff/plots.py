@@ -649,11 +649,13 @@ def held_out_curve(
         ax.plot([x[i]], [v[i]], "o", ms=9, mfc="none", mec=MODEL_COLOR, mew=1.8, label=f"best check (step {best_step})")
     if gaussian_bits is not None:
         ax.axhline(gaussian_bits, color=DATA_COLOR, lw=1.4, ls="--", label="full-covariance Gaussian (held-out)")
-    # The first checks of a run are far below the rest: the axis follows the later ones.
-    finite = np.concatenate([v[np.isfinite(v)], tr[np.isfinite(tr)]]
-                            + ([np.array([gaussian_bits])] if gaussian_bits is not None else []))
+    # The first checks of a run are far below the rest: the axis follows the later ones,
+    # and always shows the baseline.
+    finite = np.concatenate([v[np.isfinite(v)], tr[np.isfinite(tr)]])
     if finite.size > 4:
         lo, hi = np.percentile(finite, 10), finite.max()
+        if gaussian_bits is not None and np.isfinite(gaussian_bits):
+            lo, hi = min(lo, gaussian_bits), max(hi, gaussian_bits)
         pad = 0.08 * (hi - lo) if hi > lo else 1.0
         ax.set_ylim(lo - pad, hi + pad)
     ax.set_xlabel("training step")

@@ -149,6 +149,9 @@ def test_a_kill_between_the_best_checkpoint_and_its_file_is_healed(tmp_path, mon
     with pytest.raises(CheckpointError, match="holds step 30"):
         run_folder.load_run(out)
     _one_line_error(cli("evaluate", out), "holds step 30")
+    (out / run_folder.BEST).rename(tmp_path / "moved")
+    _one_line_error(cli("evaluate", out), "not found, though the checkpoint's best is step 20")
+    (tmp_path / "moved").rename(out / run_folder.BEST)
     r = cli("evaluate", out, "--checkpoint", "last")
     assert r.returncode == 0 and "weights: last checkpoint, step 40" in r.stdout
 

@@ -307,11 +307,11 @@ def load_run(run: str | Path, use_ema: bool = True, device: str = "cpu", which: 
         if best.step != trained:  # else the checkpoint is itself the best
             if not (run / BEST).is_file():
                 raise CheckpointError(f"{run / BEST}: not found, though the checkpoint's best is step {best.step}; "
-                                      "evaluate --checkpoint last, or train on to write it again")
+                                      "use --checkpoint last (the last weights)")
             states, best_meta = checkpoint.load(run / BEST, weights_only=True)
             if int(best_meta.get("step", -1)) != best.step:
                 raise CheckpointError(f"{run / BEST}: holds step {best_meta.get('step')}, the checkpoint's best "
-                                      f"is step {best.step}; evaluate --checkpoint last, or train on to rewrite it")
+                                      f"is step {best.step}; use --checkpoint last (the last weights)")
             meta = dict(meta, step=best.step, train_seconds=best_meta["train_seconds"])
     elif which == "best":
         label += " (the run has no held-out checks)"

@@ -105,7 +105,7 @@ class _Scripted:
         self.values = list(values)
         self.validation = torch.zeros(1, 2)
 
-    def __call__(self, model, sampler=None):
+    def __call__(self, model):
         v = self.values.pop(0)
         return {"val_bits": v, "val_stderr_bits": 0.0, "train_eval_bits": v}
 

@@ -342,7 +342,7 @@ def _loop(cfg: config_mod.Config, data: Dataset, out: Path, state: run_folder.Tr
                 improved = False
                 if monitor is not None and (state.step % tc.validate_every == 0 or budget_used() >= 1.0):
                     t1 = time.perf_counter()
-                    check = monitor(ema.module if ema is not None else model, sampler)
+                    check = monitor(ema.module if ema is not None else model)
                     model.train()
                     improved = state.best.update(state.step, check["val_bits"])
                     state.seconds += time.perf_counter() - t1  # the budget counts the checks too

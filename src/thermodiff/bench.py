@@ -36,7 +36,7 @@ BENCHMARKS = {
     "iw-swissroll": "iw-swissroll",
     "mnist": "mnist",
     "deadleaves": "deadleaves",
-    "small-data": "vectors",  # the defaults of `thermodiff train --data FILE`, on small_data_arrays
+    "small-data": "vectors",  # the defaults of `thermodiff train --data FILE`, on small_data_config's arrays
 }
 
 # Benchmark `small-data`: the first 1,000 MNIST training images and the first 1,000 test

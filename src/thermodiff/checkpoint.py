@@ -172,14 +172,15 @@ def validate_run(states: dict[str, dict], meta: dict, sections=RUN_SECTIONS) -> 
     scale = model["scaler.scale"]
     if scale.shape not in ((), model["scaler.shift"].shape) or not bool((scale > 0).all()):
         raise CheckpointError("tensor 'model/scaler.scale' is not one positive number, nor one per dimension")
-    opt = states.get("optimizer", {"state": {}, "param_groups": []})
-    if not isinstance(opt.get("state"), dict) or not isinstance(opt.get("param_groups"), list):
+    opt = states.get("optimizer")
+    if opt is not None and (not isinstance(opt.get("state"), dict) or not isinstance(opt.get("param_groups"), list)):
         raise CheckpointError("section 'optimizer' lacks its 'state' table or 'param_groups' list")
     size = torch.Generator().get_state().numel()
-    gen = states["rng"].get("generator") if "rng" in states else torch.Generator().get_state()
-    if not isinstance(gen, torch.Tensor) or gen.dtype != torch.uint8 or tuple(gen.shape) != (size,):
-        got = f"{gen.dtype} of shape {tuple(gen.shape)}" if isinstance(gen, torch.Tensor) else repr(type(gen).__name__)
-        raise CheckpointError(f"'rng/generator' must be the generator's state, uint8 of shape ({size},); got {got}")
+    if "rng" in states:
+        gen = states["rng"].get("generator")
+        if not isinstance(gen, torch.Tensor) or gen.dtype != torch.uint8 or tuple(gen.shape) != (size,):
+            got = f"{gen.dtype} of shape {tuple(gen.shape)}" if isinstance(gen, torch.Tensor) else repr(type(gen).__name__)
+            raise CheckpointError(f"'rng/generator' must be the generator's state, uint8 of shape ({size},); got {got}")
     if "ema" in states and not isinstance(states["ema"], dict):
         raise CheckpointError("section 'ema' is not a table")
     step = meta.get("step")

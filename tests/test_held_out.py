@@ -13,7 +13,7 @@ from scipy.stats import multivariate_normal
 from conftest import _one_line_error
 from thermodiff import config as config_mod
 from thermodiff import data as data_mod
-from thermodiff import run_folder, train
+from thermodiff import checkpoint, run_folder, train
 from thermodiff.baselines import gaussian_fields, gaussian_log_likelihood
 from thermodiff.checkpoint import load as load_checkpoint
 from thermodiff.errors import CheckpointError, ConfigError, DataError
@@ -143,8 +143,6 @@ def test_a_kill_between_the_best_checkpoint_and_its_file_is_healed(tmp_path, mon
     assert run_folder.load_run(out)[2]["step"] == 20
     # A best file from elsewhere is refused in one line; the last weights still load.
     states, meta = load_checkpoint(out / run_folder.BEST, weights_only=True)
-    from thermodiff import checkpoint
-
     checkpoint.save(out / run_folder.BEST, states, dict(meta, step=30))
     with pytest.raises(CheckpointError, match="holds step 30"):
         run_folder.load_run(out)
@@ -171,8 +169,6 @@ def test_hostile_best_fields_in_a_checkpoint_are_one_line(tmp_path, cli):
     cfg = _cfg(train={"steps": 10})
     out = tmp_path / "run"
     train.fit(cfg, data_mod.load(cfg.data), out, progress=False, log=lambda *a: None)
-    from thermodiff import checkpoint
-
     states, meta = load_checkpoint(out / run_folder.CHECKPOINT)
     for bad, needle in (({"best_step": 99}, "best_step"), ({"best_step": "x"}, "best_step"),
                         ({"best_val_bits": None}, "best_val_bits"), ({"checks_since_best": -1}, "checks_since_best")):

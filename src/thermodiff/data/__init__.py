@@ -97,7 +97,7 @@ def with_validation(ds: Dataset, cfg) -> Dataset:
         from .arrays import split_holdout
 
         n = ds.train.shape[0]
-        if round(cfg.validation_fraction * n) < 1 or round(cfg.validation_fraction * n) > n - 1:
+        if not 1 <= round(cfg.validation_fraction * n) <= n - 1:  # split_holdout's own rule, named for this key
             raise DataError(f"data.validation_fraction = {cfg.validation_fraction:g} of {n} training examples "
                             "leaves an empty part; change it, or give data.validation_path")
         train, v = (torch.as_tensor(a) for a in split_holdout(ds.train.numpy(), cfg.validation_fraction, cfg.seed + 7))

@@ -146,8 +146,15 @@ def _load_test(args, cfg, model):
 
 def _eval_overrides(args) -> dict:
     """The eval config keys the command line sets."""
-    keys = (("n_t", getattr(args, "n_t", None)), ("iw_steps", args.iw_steps), ("iw_examples", args.iw_examples))
+    keys = (("n_t", getattr(args, "n_t", None)), ("iw_steps", args.iw_steps), ("iw_examples", args.iw_examples),
+            ("ode_probes", getattr(args, "ode_probes", None)), ("ode_rtol", getattr(args, "ode_rtol", None)),
+            ("ode_examples", getattr(args, "ode_examples", None)))
     return {k: v for k, v in keys if v is not None}
+
+
+ODE_KEYS = ("ode_bits", "ode_bits_scaled", "ode_stderr_bits", "ode_probe_stderr_bits", "ode_bits_per_dim",
+            "ode_minus_K_bits", "ode_minus_K_stderr_bits", "ode_gap_bits", "ode_gap_stderr_bits", "ode_nfe",
+            "ode_probes", "ode_n_examples")
 
 
 def cmd_evaluate(args) -> int:
@@ -162,7 +169,7 @@ def cmd_evaluate(args) -> int:
     eval_cfg = config.replace(cfg, eval=_eval_overrides(args)).eval
     y, log_density, train = _load_test(args, cfg, model)
     record = evaluate_run(model, y, eval_cfg, log_density, progress=not args.quiet, sampler=meta["time_sampler"],
-                          train=train)
+                          train=train, ode=args.ode)
     keys = ("K_bits", "K_bits_scaled", "exact_bits_scaled", "gap_bits", "gap_stderr_bits", "gaussian_bits",
             "K_minus_gaussian_bits", "K_minus_gaussian_stderr_bits", "gaussian_note", "L_null_bits",
             "K_minus_L_null_bits", "bits_per_dim", "stderr_bits", "n_examples")
@@ -170,6 +177,8 @@ def cmd_evaluate(args) -> int:
         record.update(iw_record(model, y, eval_cfg, args.iw, log_density, progress=not args.quiet))
         keys += ("iw_bits", "iw_bits_scaled", "iw_stderr_bits", "iw_gap_bits", "iw_gap_stderr_bits", "iw_M",
                  "iw_steps", "iw_n_examples")
+    if args.ode:
+        keys += ODE_KEYS
     record["train_steps"] = meta["step"]
     record["train_seconds"] = meta["train_seconds"]
     record["checkpoint"] = meta["checkpoint"]
@@ -185,14 +194,14 @@ def cmd_report(args) -> int:
 
     check_output("--out", args.out, folder=True)
     path = run_report(args.run, args.out, m=args.iw, html=args.html, progress=not args.quiet,
-                      eval_overrides=_eval_overrides(args), which=args.checkpoint)
+                      eval_overrides=_eval_overrides(args), which=args.checkpoint, ode=args.ode)
     print(f"report: {path}")
     return 0
 
 
 def _print_record(record: dict, keys) -> None:
     """One aligned line per figure of an evaluation record that is present."""
-    for key in ("warning", "gaussian_warning"):
+    for key in ("warning", "gaussian_warning", "ode_warning"):
         if key in record:
             print(f"thermodiff: warning: {record[key]}", file=sys.stderr)
     for key in keys:
@@ -206,18 +215,143 @@ def cmd_sample(args) -> int:
     import torch
 
     from .data.arrays import save_array
+    from .model import count_calls
     from .sampling.ancestral import sample
     from .run_folder import load_run
 
     check_output("--out", args.out, folder=False)
+    if args.solver != "ancestral" and args.eta is not None:
+        raise ConfigError("--eta belongs to the ancestral chain's DDIM kernels; --solver ddim is its ODE (eta 0)")
+    if args.grid is not None and args.solver == "ancestral":
+        raise ConfigError("--grid sets the time grid of an ODE solver (--solver ddim, heun or dpm++)")
     cfg, model, _ = load_run(args.run, which=args.checkpoint)
     gen = torch.Generator().manual_seed(args.seed)
-    with _allocation(args.n):
-        x = sample(model, args.n, gen, steps=args.steps, progress=not args.quiet, eta=args.eta)
+    with _allocation(args.n), count_calls(model) as calls:
+        x = sample(model, args.n, gen, steps=args.steps, progress=not args.quiet, eta=args.eta, solver=args.solver,
+                   grid=args.grid)
     y = model.scaler.inverse(x).numpy()
     out = Path(args.out) if args.out else Path(args.run) / "samples.npy"
     save_array(out, np.asarray(y))
     print(f"wrote {args.n} samples to {out}")
+    print(f"network calls per sample (NFE): {calls.per_example(args.n):g} ({args.solver})")
+    return 0
+
+
+def _ode_options(args) -> dict:
+    """The ODE solver the flags choose: the adaptive one with --rtol / --atol, or a
+    fixed-step one with --solver and --steps."""
+    from .ode.solvers import ATOL, RTOL
+
+    if args.solver != "adaptive" and args.steps is None:
+        raise ConfigError(f"--solver {args.solver} needs --steps N")
+    if args.solver == "adaptive" and args.steps is not None:
+        raise ConfigError("--steps is for a fixed-step --solver (ddim, heun); the adaptive solver takes --rtol, --atol")
+    return dict(rtol=args.rtol if args.rtol is not None else RTOL, atol=args.atol if args.atol is not None else ATOL,
+                solver=args.solver, steps=args.steps)
+
+
+def _read_rows(path, model, what: str):
+    """An array of examples of the model's shape (one example may be given flat)."""
+    import torch
+
+    from .data.arrays import load_array
+
+    a = torch.as_tensor(load_array(path), dtype=torch.float64)
+    if tuple(a.shape[1:]) != model.data_shape:
+        if a.numel() == model.n_dims:
+            return a.reshape((1,) + model.data_shape)
+        raise DataError(f"{path}: {what} of shape {tuple(a.shape)}; the model's examples have shape "
+                        f"{model.data_shape} (give N x {' x '.join(map(str, model.data_shape))})")
+    return a
+
+
+def cmd_encode(args) -> int:
+    import numpy as np
+
+    from .data.arrays import save_array
+    from .ode.latents import decode, encode
+    from .run_folder import load_run
+
+    check_output("--out", args.out, folder=False)
+    cfg, model, _ = load_run(args.run, which=args.checkpoint)
+    options = _ode_options(args)
+    y = model.check_data(_read_rows(args.data, model, "data"), args.data)
+    z, nfe = encode(model, y, progress=not args.quiet, **options)
+    save_array(Path(args.out), np.asarray(z.numpy()))
+    print(f"wrote {len(z)} latents to {args.out}")
+    print(f"network calls per example (NFE): {nfe:.1f}")
+    if not args.no_round_trip:
+        back, nfe_back = decode(model, z, progress=not args.quiet, **options)
+        err = back - y
+        print(f"round trip decode(encode(x)) - x: RMSE {float(err.pow(2).mean().sqrt()):.4g}, "
+              f"largest {float(err.abs().max()):.4g} (data units; {nfe_back:.1f} calls per example back)")
+    return 0
+
+
+def cmd_decode(args) -> int:
+    import numpy as np
+    import torch
+
+    from .data.arrays import load_array, save_array
+    from .ode.latents import decode
+    from .run_folder import load_run
+
+    check_output("--out", args.out, folder=False)
+    cfg, model, _ = load_run(args.run, which=args.checkpoint)
+    options = _ode_options(args)
+    z = torch.as_tensor(load_array(args.latent), dtype=torch.float64)
+    if tuple(z.shape[1:]) != model.data_shape:
+        raise DataError(f"{args.latent}: latents of shape {tuple(z.shape)}; the model's examples have shape "
+                        f"{model.data_shape}")
+    if not bool(torch.isfinite(z).all()):
+        raise DataError(f"{args.latent}: the latents hold NaN or inf")
+    y, nfe = decode(model, z, progress=not args.quiet, **options)
+    save_array(Path(args.out), np.asarray(y.numpy()))
+    print(f"wrote {len(y)} examples to {args.out}")
+    print(f"network calls per example (NFE): {nfe:.1f}")
+    return 0
+
+
+def _pairs(values) -> list[tuple[int, int]]:
+    pairs = []
+    for v in values:
+        parts = v.split(",")
+        if len(parts) != 2 or not all(p.strip().lstrip("-").isdigit() for p in parts):
+            raise ConfigError(f"--pairs {v!r}: give row numbers I,J (e.g. 0,5)")
+        pairs.append((int(parts[0]), int(parts[1])))
+    return pairs
+
+
+def cmd_interpolate(args) -> int:
+    import numpy as np
+
+    from . import data as data_mod
+    from .data.arrays import save_array
+    from .ode.latents import interpolate
+    from .report import interpolation_figure
+    from .run_folder import load_run
+
+    check_output("--out", args.out, folder=False)
+    check_output("--figure", args.figure, folder=False)
+    pairs = _pairs(args.pairs)
+    cfg, model, _ = load_run(args.run, which=args.checkpoint)
+    y = model.check_data(_read_rows(args.data, model, "data"), args.data)
+    record = interpolate(model, y, pairs, args.k, rtol=args.rtol or 1e-5, atol=args.atol or 1e-5,
+                         progress=not args.quiet)
+    out = Path(args.out)
+    save_array(out, np.asarray(record["paths"].numpy()))
+    print(f"wrote {len(pairs)} paths of {args.k} points to {out} (shape {tuple(record['paths'].shape)})")
+    print(f"round trip of the ends: RMSE {record['round_trip_rmse']:.4g} (data units); network calls per "
+          f"example: {record['nfe_encode']:.1f} to encode, {record['nfe_decode']:.1f} to decode")
+    try:
+        train = data_mod.load(cfg.data).train
+    except ThermodiffError as exc:
+        train = None
+        print(f"thermodiff: the figure has no training data behind it ({exc})", file=sys.stderr)
+    figure = Path(args.figure) if args.figure else out.with_suffix(".png")
+    drawn = interpolation_figure(model, figure, record["paths"], y, train)
+    if drawn:
+        print(f"figure: {drawn}")
     return 0
 
 
@@ -429,6 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", help="write the record here")
     e.add_argument("--n-t", type=int, dest="n_t", help="diffusion times per example")
     _iw_arguments(e, None, "also the importance-weighted (Jarzynski) estimate with M trajectories per example")
+    e.add_argument("--ode", action="store_true",
+                   help="also the exact log-likelihood of the model's probability-flow ODE")
+    _ode_eval_arguments(e)
     _checkpoint_argument(e)
     e.set_defaults(func=cmd_evaluate)
 
@@ -437,6 +574,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="report folder (default RUN/report)")
     r.add_argument("--html", action="store_true", help="write report.html instead of report.md")
     _iw_arguments(r, 100, "trajectories per example for the importance-weighted estimate (default 100)")
+    r.add_argument("--ode", action=argparse.BooleanOptionalAction, default=None,
+                   help="the probability-flow ODE's exact log-likelihood beside K and IW (default: for data of at "
+                   "most 16 dimensions)")
+    _ode_eval_arguments(r)
     _checkpoint_argument(r)
     r.set_defaults(func=cmd_report)
 
@@ -445,10 +586,44 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-n", type=int, required=True)
     s.add_argument("--out", help="output .npy (default RUN/samples.npy)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--steps", type=int, help="sampling steps (default: all)")
+    s.add_argument("--solver", choices=("ancestral", "ddim", "heun", "dpm++"), default="ancestral",
+                   help="ancestral: the stochastic chain (default); ddim, heun, dpm++: the probability-flow ODE")
+    s.add_argument("--steps", type=int, help="sampling steps (default: every step of the chain; 20 for an ODE solver)")
+    s.add_argument("--grid", choices=("edm", "log-snr", "uniform-t"),
+                   help="an ODE solver's time grid (default: edm for ddim and heun, log-snr for dpm++)")
     s.add_argument("--eta", type=float, help="DDIM kernels with this eta (0: deterministic; default: the model's own)")
     _checkpoint_argument(s)
     s.set_defaults(func=cmd_sample)
+
+    en = sub.add_parser("encode", help="one latent per example: the probability-flow ODE from the data to noise")
+    en.add_argument("run")
+    en.add_argument("--data", required=True, help="examples to encode (.npy, .npz, .csv), the data's units")
+    en.add_argument("--out", required=True, help="latents (.npy), the prior's units")
+    en.add_argument("--no-round-trip", action="store_true", dest="no_round_trip",
+                    help="skip decoding the latents back to report the round-trip error")
+    _ode_solver_arguments(en, ("ddim", "heun"))
+    _checkpoint_argument(en)
+    en.set_defaults(func=cmd_encode)
+
+    de = sub.add_parser("decode", help="examples from latents: the probability-flow ODE from noise to the data")
+    de.add_argument("run")
+    de.add_argument("--latent", required=True, help="latents (.npy), as `encode` writes them")
+    de.add_argument("--out", required=True, help="output .npy, the data's units")
+    _ode_solver_arguments(de, ("ddim", "heun", "dpm++"))
+    _checkpoint_argument(de)
+    de.set_defaults(func=cmd_decode)
+
+    ip = sub.add_parser("interpolate", help="paths between examples through their ODE latents, with a figure")
+    ip.add_argument("run")
+    ip.add_argument("--data", required=True, help="examples (.npy, .npz, .csv), the data's units")
+    ip.add_argument("--pairs", required=True, nargs="+", metavar="I,J", help="pairs of row numbers to join")
+    ip.add_argument("-k", type=int, default=8, help="points per path, the two ends included (default 8)")
+    ip.add_argument("--out", required=True, help="paths (.npy), shape (pairs, k, *D), the data's units")
+    ip.add_argument("--figure", help="figure path (default: --out with .png)")
+    ip.add_argument("--rtol", type=float, help="adaptive solver's relative tolerance (default 1e-5)")
+    ip.add_argument("--atol", type=float, help="adaptive solver's absolute tolerance (default 1e-5)")
+    _checkpoint_argument(ip)
+    ip.set_defaults(func=cmd_interpolate)
 
     c = sub.add_parser("condition", help="samples of the model times r(x): inpainting, denoising (paper 2.5)")
     c.add_argument("run")
@@ -487,6 +662,24 @@ def _checkpoint_argument(p) -> None:
                    help="the weights: best (the best held-out check, where the run monitored one; default) or last")
 
 
+def _ode_solver_arguments(p, fixed) -> None:
+    p.add_argument("--solver", choices=("adaptive",) + tuple(fixed), default="adaptive",
+                   help="adaptive: Dormand-Prince RK45 with tolerances (default); or a fixed-step solver with --steps")
+    p.add_argument("--steps", type=int, help="grid times of a fixed-step solver")
+    p.add_argument("--rtol", type=float, help="adaptive solver's relative tolerance (default 1e-5)")
+    p.add_argument("--atol", type=float, help="adaptive solver's absolute tolerance (default 1e-5)")
+
+
+def _ode_eval_arguments(p) -> None:
+    p.add_argument("--ode-probes", type=int, dest="ode_probes", metavar="N",
+                   help="Hutchinson probes per example (0: the exact divergence; default: exact up to 16 "
+                   "dimensions, else 2)")
+    p.add_argument("--ode-rtol", type=float, dest="ode_rtol", metavar="R",
+                   help="the ODE solver's relative tolerance (default eval.ode_rtol, 1e-5)")
+    p.add_argument("--ode-examples", type=int, dest="ode_examples", metavar="N",
+                   help="held-out examples for the ODE likelihood (default eval.ode_examples, 1000)")
+
+
 def _iw_arguments(p, default, help_m: str) -> None:
     p.add_argument("--iw", type=int, default=default, metavar="M", help=help_m)
     p.add_argument("--iw-steps", type=int, dest="iw_steps",
@@ -514,6 +707,12 @@ def _flag_ranges() -> dict:
         "eta": ("--eta", (0, 1, False, False), False, None),
         "scale": ("--scale", at_least_0, False, None),
         "noise": ("--noise", (0, None, True, False), False, "a positive finite number"),
+        "k": ("-k", (2, 10_000, False, False), True, None),
+        "rtol": ("--rtol", (0, 1, True, True), False, None),
+        "atol": ("--atol", (0, None, True, False), False, None),
+        "ode_rtol": ("--ode-rtol (eval.ode_rtol)", (0, 1, True, True), False, None),
+        "ode_probes": ("--ode-probes (eval.ode_probes)", at_least_0, True, None),
+        "ode_examples": ("--ode-examples (eval.ode_examples)", at_least_1, True, None),
     }
 
 

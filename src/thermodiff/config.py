@@ -124,6 +124,10 @@ class EvalConfig:
     iw_M: int = 0  # benchmarks: trajectories per example for the importance-weighted estimate; 0: none
     iw_examples: int = 1000  # held-out examples for the importance-weighted estimate (its cost is M chains each)
     iw_steps: int = 0  # hops of its chain; 0: every step (discrete), 1000 hops (continuous time)
+    ode_examples: int = 1000  # held-out examples for the ODE model's likelihood (`evaluate --ode`)
+    ode_rtol: float = 1e-5  # its adaptive solver's relative tolerance (and of encode / decode)
+    ode_atol: float = 1e-5  # and absolute tolerance
+    ode_probes: int = -1  # Hutchinson probes per example; 0: exact divergence; -1: exact up to 16 dims, else 2
     seed: int = 0
     use_ema: bool = True
 
@@ -201,6 +205,10 @@ RANGES = {
     "eval.iw_M": _AT_LEAST_0,
     "eval.iw_examples": _AT_LEAST_1,
     "eval.iw_steps": _AT_LEAST_0,
+    "eval.ode_examples": _AT_LEAST_1,
+    "eval.ode_rtol": (0, 1, True, True),
+    "eval.ode_atol": (0, None, True, False),
+    "eval.ode_probes": (-1, None, False, False),
     "eval.seed": SEED,
 }
 _INT_LIMIT = 2**63

@@ -41,7 +41,7 @@ def exact_scaled(model: DiffusionModel, y: torch.Tensor, log_density) -> torch.T
 
 
 def evaluate_run(model: DiffusionModel, y: torch.Tensor, eval_cfg, log_density=None, progress: bool = False,
-                 sampler=None, train: torch.Tensor | None = None) -> dict:
+                 sampler=None, train: torch.Tensor | None = None, ode: bool = False) -> dict:
     """The evaluation record of a model on held-out data y (data's own units), in bits.
 
     eval_cfg: an ``EvalConfig`` (n_t times per example, batch_size, max_examples,
@@ -54,7 +54,9 @@ def evaluate_run(model: DiffusionModel, y: torch.Tensor, eval_cfg, log_density=N
     (data units; integer levels dequantised once): for continuous data the record
     then adds the full-covariance Gaussian baseline (``baselines.gaussian_fields``:
     ``gaussian_bits``, ``K_minus_gaussian_bits`` and its paired standard error, a
-    ``gaussian_warning`` where K is below it).
+    ``gaussian_warning`` where K is below it). ode: add the ODE model's exact
+    log-likelihood on the first eval.ode_examples examples (``ode_record``), paired with
+    K over the same examples.
 
     Shapes: y (N, *D), train (N', *D); returns a dict of floats and lists.
     """
@@ -78,7 +80,69 @@ def evaluate_run(model: DiffusionModel, y: torch.Tensor, eval_cfg, log_density=N
         record["gap_stderr_bits"] = float(gap.std() / math.sqrt(n))
         if record["gap_bits"] < -GAP_SIGMAS * record["gap_stderr_bits"]:
             record["warning"] = BOUND_ABOVE_EXACT
+    if ode:
+        record.update(ode_record(model, y, eval_cfg, log_density, progress, k_nats=-terms.nll))
     return record
+
+
+ODE_ABOVE_EXACT = ("the ODE model's log-likelihood exceeds the exact log-likelihood by more than 3 standard "
+                   "errors (no model's expected log-likelihood can: Gibbs' inequality)")
+
+
+def ode_record(model: DiffusionModel, y: torch.Tensor, eval_cfg, log_density=None, progress: bool = False,
+               k_nats: torch.Tensor | None = None) -> dict:
+    """The ODE model's exact log-likelihood (``ode.likelihood``) on the first
+    eval.ode_examples held-out examples, in bits: ``ode_bits`` (data units),
+    ``ode_bits_scaled``, ``ode_stderr_bits`` (over examples; it holds the probes' noise
+    too), ``ode_probe_stderr_bits`` (the part of it from Hutchinson's probes, where
+    there are two or more), ``ode_nfe`` (mean network calls per example),
+    ``ode_bits_per_dim`` (-ode_bits / D, on the same data as ``bits_per_dim``), and,
+    paired over the same examples, ``ode_minus_K_bits`` with its standard error (given
+    K per example, nats on scaled data) and, with the exact log-density,
+    ``ode_gap_bits`` (exact minus ODE) with its standard error and ``ode_warning`` where
+    the ODE figure is above the exact one by more than 3 of them.
+
+    Shapes: y (N, *D) data units, k_nats (N,); returns a dict of floats.
+    """
+    from .ode.likelihood import log_likelihood
+
+    model.check_data(y, "held-out data")
+    n = min(y.shape[0], eval_cfg.ode_examples)
+    y = y[:n]
+    probes = None if eval_cfg.ode_probes < 0 else eval_cfg.ode_probes
+    res = log_likelihood(model, y, rtol=eval_cfg.ode_rtol, atol=eval_cfg.ode_atol, probes=probes,
+                         seed=eval_cfg.seed, progress=progress)
+    log_det = model.scaler.log_det(model.n_dims)
+    ode = res.log_p / LN2  # bits, scaled data
+    record = {
+        "ode_bits": float(ode.mean()) + log_det / LN2,
+        "ode_bits_scaled": float(ode.mean()),
+        "ode_stderr_bits": _stderr(ode),
+        "ode_nfe": res.nfe,
+        "ode_bits_per_dim": -(float(ode.mean()) + log_det / LN2) / model.n_dims,
+        "ode_n_examples": n,
+        "ode_probes": res.probes,
+        "ode_rtol": eval_cfg.ode_rtol,
+        "ode_atol": eval_cfg.ode_atol,
+    }
+    if res.probe_var is not None:
+        record["ode_probe_stderr_bits"] = float(res.probe_var.sum().sqrt() / n / LN2)
+    if k_nats is not None:
+        diff = ode - k_nats[:n] / LN2
+        record["ode_minus_K_bits"] = float(diff.mean())
+        record["ode_minus_K_stderr_bits"] = _stderr(diff)
+    if log_density is not None:
+        gap = exact_scaled(model, y, log_density) / LN2 - ode
+        record["ode_gap_bits"] = float(gap.mean())
+        record["ode_gap_stderr_bits"] = _stderr(gap)
+        if record["ode_gap_bits"] < -GAP_SIGMAS * record["ode_gap_stderr_bits"]:
+            record["ode_warning"] = ODE_ABOVE_EXACT
+    return record
+
+
+def _stderr(v: torch.Tensor) -> float:
+    """Standard error of the mean over examples (NaN for one). Shapes: v (N,) -> float."""
+    return float(v.std() / math.sqrt(v.shape[0])) if v.shape[0] > 1 else float("nan")
 
 
 def iw_record(model: DiffusionModel, y: torch.Tensor, eval_cfg, m: int, log_density=None,

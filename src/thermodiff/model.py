@@ -13,6 +13,7 @@ is asked of ``model.process`` (``processes``), what depends on time of
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -271,6 +272,39 @@ class DiffusionModel(nn.Module):
     def abar_at(self, t: torch.Tensor) -> torch.Tensor:
         """Signal fraction at network times t (``schedule.abar``). Shapes: t (B,) -> (B,) float64."""
         return self.schedule.abar(t)
+
+
+class CallCount:
+    """Network calls counted by ``count_calls``: calls (batched forwards) and rows (examples
+    through the network, summed over calls)."""
+
+    def __init__(self):
+        self.calls = 0
+        self.rows = 0
+
+    def per_example(self, n: int) -> float:
+        """Network calls per example (NFE) for n examples drawn. Shapes: none."""
+        return self.rows / max(n, 1)
+
+
+@contextmanager
+def count_calls(model: DiffusionModel):
+    """Count the model's network evaluations inside the block (a forward hook on
+    ``model.net``): NFE for any sampler, solver or estimator alike.
+
+    Shapes: yields a CallCount.
+    """
+    count = CallCount()
+
+    def hook(module, inputs, output):
+        count.calls += 1
+        count.rows += int(inputs[0].shape[0])
+
+    handle = model.net.register_forward_hook(hook)
+    try:
+        yield count
+    finally:
+        handle.remove()
 
 
 def build_schedule(cfg) -> DiscreteSchedule | ContinuousSchedule:

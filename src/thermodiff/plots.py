@@ -757,3 +757,66 @@ def conditioned_points(
     _style_cloud_axes(ax, lim)
     ax.set_title(title, fontsize="medium")
     return _save(fig, path)
+
+
+def interpolation_paths(
+    path: str | os.PathLike[str],
+    paths: np.ndarray,
+    data: np.ndarray,
+    title: str,
+) -> Path:
+    """Paths between pairs of 2-D examples through their ODE latents, over the training
+    data (faint): each path a line through its decoded points, its two ends marked.
+
+    Shapes: paths: (P, k, 2); data: (M, 2).
+    """
+    p = np.asarray(paths, dtype=np.float64)
+    if p.ndim != 3 or p.shape[2] != 2 or p.shape[1] < 2:
+        raise ValueError(f"paths: expected (P, k, 2) with k >= 2, got shape {p.shape}")
+    d = _points("data", data)
+    lim = _auto_lim([d, p.reshape(-1, 2)])
+    fig = _new_figure(PANEL_SIZE + 0.9, PANEL_SIZE + 0.55)
+    ax = fig.add_subplot()
+    _scatter(ax, d, FAINT_DATA_COLOR, faint=True)
+    for i, line in enumerate(p):
+        ax.plot(line[:, 0], line[:, 1], "-o", color=MODEL_COLOR, ms=3, lw=1.2, zorder=3,
+                label="decoded interpolation" if i == 0 else None)
+        ax.plot(line[[0, -1], 0], line[[0, -1], 1], "o", ms=7, mfc="none", mec=DATA_COLOR, mew=1.6, zorder=4,
+                label="the two examples" if i == 0 else None)
+    _style_cloud_axes(ax, lim)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title, fontsize="medium")
+    return _save(fig, path)
+
+
+def error_vs_nfe(
+    path: str | os.PathLike[str],
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    title: str,
+    floor: float | None = None,
+    reference: tuple[str, float] | None = None,
+    ylabel: str = "sample error",
+) -> Path:
+    """Sample error against network calls per sample (log-log), one line per solver;
+    the floor of the statistic (two exact sample sets) and a reference figure (the full
+    ancestral chain) as horizontal lines.
+
+    Shapes: curves: name -> (nfe (n,), error (n,)); floor, reference: scalars.
+    """
+    fig = _new_figure(6.4, 4.2)
+    ax = fig.add_subplot()
+    for name, (nfe, err) in curves.items():
+        x, y = _vector(f"{name} nfe", nfe), _vector(f"{name} error", err)
+        ax.plot(x, y, marker="o", ms=4, lw=1.6, label=name)
+    if reference is not None:
+        ax.axhline(reference[1], color=DATA_COLOR, lw=1.2, ls="--", label=reference[0])
+    if floor is not None:
+        ax.axhline(floor, color="0.5", lw=1.0, ls=":", label="floor: two exact sample sets")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("network calls per sample (NFE)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize="medium")
+    ax.grid(True, which="both", lw=0.5, alpha=0.4)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

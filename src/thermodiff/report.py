@@ -205,6 +205,29 @@ def condition_figure(model: DiffusionModel, path: str | Path, samples: torch.Ten
     return None
 
 
+def interpolation_figure(model: DiffusionModel, path: str | Path, paths: torch.Tensor, examples: torch.Tensor,
+                         data_train: torch.Tensor | None) -> Path | None:
+    """The figure of ``thermodiff interpolate``: for images, one row per pair (its two
+    ends are the decoded examples); for 2-D points, the paths over the training data.
+    None for other data.
+
+    Shapes: paths (P, k, *D) data units; examples (N, *D); data_train (M, *D) or None.
+    """
+    shape = model.data_shape
+    k = paths.shape[1]
+    title = f"Interpolation through the ODE latents (slerp), {len(paths)} pairs, {k} points"
+    if len(shape) == 3:
+        ref = data_train if data_train is not None else examples
+        lo, hi = float(ref.min()), float(ref.max())
+        images = ((paths.reshape((-1,) + shape) - lo) / max(hi - lo, 1e-12)).clamp(0, 1).numpy()
+        return plots.image_grid(path, images, title, ncol=k,
+                                row_labels=[f"pair {i + 1}" for i in range(len(paths))])
+    if shape == (2,):
+        background = data_train[:5000] if data_train is not None else examples
+        return plots.interpolation_paths(path, paths.numpy(), background.numpy(), title)
+    return None
+
+
 def held_out_checks(run: Path) -> list[dict]:
     """The held-out checks a run logged (metrics.jsonl lines with "val_bits"), in step
     order; none where it did not monitor. Shapes: none."""
@@ -237,14 +260,16 @@ def held_out_figure(run: Path, out: Path, gaussian_bits: float | None = None) ->
 
 def run_report(run: str | Path, out: str | Path | None = None, m: int = 100, html: bool = False,
                progress: bool = False, eval_overrides: dict | None = None, entropy_examples: int = 256,
-               which: str = "best") -> Path:
+               which: str = "best", ode: bool | None = None) -> Path:
     """The likelihood report of a trained run: K and its terms, K - L_null, the
     importance-weighted estimate against M, the entropy bounds of each reverse step,
     the exact log-likelihood where the data set's density is known, and the run's
     figures. Writes report.md (or report.html), report.json and PNGs to out
     (default RUN/report) and returns the report's path. eval_overrides: eval config
     keys to change for this report (e.g. iw_examples). which: the weights, "best"
-    (the best held-out check, where the run monitored one) or "last".
+    (the best held-out check, where the run monitored one) or "last". ode: add the ODE
+    model's exact log-likelihood beside K and IW(M) (None: where the model has an ODE
+    and the data at most ``ode.likelihood.EXACT_MAX_DIMS`` dimensions, where it is cheap).
 
     Shapes: none (a run folder -> files).
     """
@@ -252,8 +277,12 @@ def run_report(run: str | Path, out: str | Path | None = None, m: int = 100, htm
     cfg = config_mod.replace(cfg, eval=eval_overrides or {})
     out = Path(out) if out else Path(run) / "report"
     dataset = data_mod.load(cfg.data)
+    if ode is None:
+        from .ode.likelihood import EXACT_MAX_DIMS
+
+        ode = "ode" in model.process.supports and model.param.predicts_eps and model.n_dims <= EXACT_MAX_DIMS
     record = evaluate_run(model, dataset.test, cfg.eval, dataset.log_density, progress=progress,
-                          sampler=meta["time_sampler"], train=dataset.train_continuous(cfg.train.seed))
+                          sampler=meta["time_sampler"], train=dataset.train_continuous(cfg.train.seed), ode=ode)
     record.update(iw_record(model, dataset.test, cfg.eval, m, dataset.log_density, progress))
     ent = entropy_bounds(model, dataset.test[:entropy_examples], cfg.eval.iw_steps or None, cfg.eval.seed)
     record["entropy_bounds"] = ent
@@ -308,6 +337,14 @@ _ROWS = [
     ("trajectories per example M", "iw_M"),
     ("hops per trajectory", "iw_steps"),
     ("examples for the importance-weighted estimate", "iw_n_examples"),
+    ("ODE model's exact log-likelihood, bits (data units)", "ode_bits"),
+    ("ODE model's exact log-likelihood, bits (scaled data)", "ode_bits_scaled"),
+    ("its standard error, bits", "ode_stderr_bits"),
+    ("ODE bits per dimension (data units)", "ode_bits_per_dim"),
+    ("ODE minus K on the same examples, bits", "ode_minus_K_bits"),
+    ("exact minus ODE, bits", "ode_gap_bits"),
+    ("network calls per example (ODE)", "ode_nfe"),
+    ("examples for the ODE likelihood", "ode_n_examples"),
     ("weights", "checkpoint"),
     ("training steps", "train_steps"),
     ("training seconds", "train_seconds"),
@@ -328,13 +365,36 @@ def _tables(record: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                 + ([_cell(c["gap_bits"]), _cell(c["gap_stderr_bits"])] if exact else []) for c in record["iw_curve"]]
         tables.append(("Importance-weighted estimate against M (M = 1 is K's estimator for the same chain; "
                        "the larger M are averaged over disjoint groups of the same trajectories)", header, rows))
+    if "ode_bits_scaled" in record:
+        tables.append(_side_by_side(record))
     return tables
+
+
+def _side_by_side(record: dict) -> tuple[str, list[str], list[list[str]]]:
+    """K, IW(M) and the ODE figure in one table (bits per example, scaled data)."""
+    exact = "exact_bits_scaled" in record
+    header = ["estimate", "what it is", "bits (scaled data)", "standard error", "examples"] + (
+        ["exact minus it", "its standard error"] if exact else [])
+    rows = [["K", "lower bound on the stochastic chain's log-likelihood", _cell(record["K_bits_scaled"]),
+             _cell(record["stderr_bits"]), str(record["n_examples"])]
+            + ([_cell(record["gap_bits"]), _cell(record["gap_stderr_bits"])] if exact else [])]
+    if "iw_bits_scaled" in record:
+        rows.append([f"IW({record['iw_M']})", "a tighter lower bound on the same log-likelihood",
+                     _cell(record["iw_bits_scaled"]), _cell(record["iw_stderr_bits"]), str(record["iw_n_examples"])]
+                    + ([_cell(record["iw_gap_bits"]), _cell(record.get("iw_gap_stderr_bits", float("nan")))]
+                       if exact and "iw_gap_bits" in record else (["", ""] if exact else [])))
+    rows.append([f"ODE ({record['ode_nfe']:.0f} calls)", "the deterministic model's exact log-likelihood "
+                 "(up to solver error)", _cell(record["ode_bits_scaled"]), _cell(record["ode_stderr_bits"]),
+                 str(record["ode_n_examples"])]
+                + ([_cell(record["ode_gap_bits"]), _cell(record["ode_gap_stderr_bits"])] if exact else []))
+    return ("K, the importance-weighted estimate and the probability-flow ODE side by side (K and IW bound "
+            "the stochastic model; the ODE figure belongs to a different, deterministic model)", header, rows)
 
 
 def _warning_lines(record: dict) -> list[str]:
     """The record's warnings and notes, one sentence each. Shapes: none."""
     return [f"{'Warning' if 'warning' in k else 'Note'}: {record[k]}."
-            for k in ("warning", "gaussian_warning", "gaussian_note") if k in record]
+            for k in ("warning", "gaussian_warning", "ode_warning", "gaussian_note") if k in record]
 
 
 def _entropy_line(record: dict) -> str | None:

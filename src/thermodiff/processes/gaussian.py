@@ -138,7 +138,9 @@ class GaussianProcess:
     # rescaling: data are centred and scaled (binary data never are).
     # noisy-latents: x_t / sqrt(abar_t) is x_0 plus Gaussian noise, so a noisy observation
     # of x_0 is a latent of the chain (conditioning's ``start``).
-    supports = frozenset({"continuous-time", "simple-loss", "learned-schedule", "ddim", "rescaling", "noisy-latents"})
+    # ode: a score, so a probability-flow ODE (``ode``).
+    supports = frozenset({"continuous-time", "simple-loss", "learned-schedule", "ddim", "rescaling", "noisy-latents",
+                          "ode"})
     binary = False  # the data are real values
 
     def noise(self, shape, generator: torch.Generator, device) -> torch.Tensor:

@@ -69,8 +69,14 @@ def sample(
     condition=None,
     eta: float | None = None,
     chunk: int | None = None,
+    solver: str = "ancestral",
+    grid: str | None = None,
 ):
     """Draw n samples in the model's (scaled) units.
+
+    solver: ``ancestral`` (this chain), or a fixed-step solver of the probability-flow
+    ODE (``ddim``, ``heun``, ``dpm++``: ``ode.sample.sample_ode``) over ``steps`` grid
+    times (default 20) of ``grid`` (``ode.flow.GRIDS``; default the solver's own).
 
     keep > 0 also returns `keep` snapshots of the whole batch along the chain
     (including the start x_T and the end x_0), for trajectory figures.
@@ -85,6 +91,15 @@ def sample(
 
     Shapes: returns x0 (n, *D), and with keep a list of (time, (n, *D)) pairs.
     """
+    if solver != "ancestral":
+        if condition is not None or eta is not None or keep:
+            raise ConfigError(f"the {solver} solver samples the probability-flow ODE; conditioning, eta and "
+                              "trajectory snapshots belong to the ancestral chain (solver 'ancestral')")
+        from ..ode.sample import sample_ode  # the ODE's solvers import the model only
+
+        return sample_ode(model, n, generator, solver, 20 if steps is None else steps, grid, chunk, progress)
+    if grid is not None:
+        raise ConfigError("grid sets the time grid of an ODE solver (ddim, heun or dpm++)")
     if condition is not None and eta is not None:
         raise ConfigError("give eta to the Conditioning, which runs the chain")
     if chunk is not None and chunk < 1:

@@ -474,8 +474,11 @@ def cmd_bench(args) -> int:
         return _bench_condition(args)
     if args.name == "inpaint-mnist":
         return _bench_inpaint(args)
+    if args.name in ("ode-likelihood", "samplers"):
+        return _bench_ode(args)
     if args.name not in BENCHMARKS:
-        raise DataError(f"unknown benchmark {args.name!r}; choose one of {', '.join(BENCHMARKS)}, condition")
+        raise DataError(f"unknown benchmark {args.name!r}; choose one of {', '.join(BENCHMARKS)}, condition, "
+                        "inpaint-mnist, ode-likelihood, samplers")
     cfg = bench_config(args.name, smoke=args.smoke)
     out = Path(args.out) if args.out else Path("runs") / f"bench-{args.name}{'-smoke' if args.smoke else ''}"
     if args.name == "small-data":
@@ -507,6 +510,32 @@ def _bench_condition(args) -> int:
     if args.json:
         from .report import write_json
 
+        write_json(args.json, record)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _bench_ode(args) -> int:
+    """`bench ode-likelihood` and `bench samplers` (``bench_ode``): the ODE's likelihood
+    and its samplers, on models trained here or given (--run, --mixture-run, --mnist-run)."""
+    from .bench_ode import markdown, run_ode_likelihood, run_samplers
+    from .report import write_json
+
+    for flag, path in (("--run", args.run), ("--mixture-run", args.mixture_run), ("--mnist-run", args.mnist_run)):
+        check_path(flag, path)
+    out = Path(args.out) if args.out else Path("runs") / f"bench-{args.name}{'-smoke' if args.smoke else ''}"
+    if args.name == "ode-likelihood":
+        record = run_ode_likelihood(out, smoke=args.smoke, run=args.run, mixture_run=args.mixture_run,
+                                    mnist_run=args.mnist_run, progress=not args.quiet)
+    else:
+        if args.mixture_run:
+            raise ConfigError("bench samplers uses the exact-score mixture; --mixture-run is for bench ode-likelihood")
+        record = run_samplers(out, smoke=args.smoke, run=args.run, mnist_run=args.mnist_run, progress=not args.quiet)
+    print(markdown(record, args.name), end="")
+    for case in record.get("cases", {}).values():
+        if case.get("ode_above_exact"):
+            print(f"thermodiff: warning: {case['ode_warning']}", file=sys.stderr)
+    if args.json:
         write_json(args.json, record)
         print(f"wrote {args.json}")
     return 0
@@ -650,7 +679,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", help="write the record here")
     b.add_argument("--out", help="run folder (default runs/bench-NAME)")
     b.add_argument("--smoke", action="store_true", help="a tiny version, for CI")
-    b.add_argument("--run", help="inpaint-mnist: the trained binary-image run to use")
+    b.add_argument("--run", help="inpaint-mnist: the trained binary-image run to use; ode-likelihood, samplers: a "
+                   "trained swissroll run (default: trained here)")
+    b.add_argument("--mixture-run", dest="mixture_run", help="ode-likelihood: a trained iw-mixture run "
+                   "(default: trained here)")
+    b.add_argument("--mnist-run", dest="mnist_run", help="ode-likelihood, samplers: a trained mnist run for the "
+                   "MNIST part (skipped without it)")
     b.add_argument("--method", help="inpaint-mnist: clamp (default) or replace")
     b.add_argument("--resample", type=int, help="inpaint-mnist with replace: round trips per step")
     b.set_defaults(func=cmd_bench)

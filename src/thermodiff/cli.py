@@ -419,7 +419,7 @@ def cmd_condition(args) -> int:
         warnings.simplefilter("always", RuntimeWarning)
         with _allocation(args.n):
             y = sample_conditioned(model, condition, args.n, gen, method=args.method, steps=args.steps,
-                                   progress=not args.quiet, **options)
+                                   progress=not args.quiet, solver=args.solver, **options)
     for w in caught:
         print(f"thermodiff: warning: {w.message}", file=sys.stderr)
     out = Path(args.out)
@@ -441,7 +441,8 @@ def cmd_condition(args) -> int:
     if train is not None:
         what = "inpainting" if args.known is not None else f"observation, noise {args.noise:g}"
         drawn = condition_figure(model, figure, y.cpu(), shown, mask, train,
-                                 f"Conditioned samples ({what}, method {args.method or default_method(condition)})", original,
+                                 f"Conditioned samples ({what}, method {args.method or default_method(condition)}"
+                                 + (f", {args.solver} ODE)" if args.solver != "ancestral" else ")"), original,
                                  dataset.log_density)
         if drawn:
             print(f"figure: {drawn}")
@@ -668,6 +669,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--scale", type=float, help="guidance: multiplier of grad log r (default 1)")
     c.add_argument("--steps", type=int, help="sampling steps (default: all)")
     c.add_argument("--eta", type=float, help="DDIM kernels with this eta (default: the model's own)")
+    c.add_argument("--solver", choices=("ancestral", "ddim", "heun", "dpm++"), default="ancestral",
+                   help="ancestral: the stochastic chain (default); an ODE solver for methods guidance and product")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--figure", help="figure path (default: --out with .png)")
     c.add_argument("--original", help="the clean examples (.npy), shown in the figure")

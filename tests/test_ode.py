@@ -313,3 +313,25 @@ def test_ode_conditioning_moves_samples_towards_the_observation_and_refuses_chai
                            solver="heun")
     with pytest.raises(ConfigError, match="option scale only"):
         sample_conditioned(model, GaussianObservation(y, sigma), 4, gen, solver="heun", particles=4)
+
+
+@pytest.mark.parametrize("name", ["samplers", "ode-likelihood"])
+def test_ode_bench_smoke(cli, tmp_path, name):
+    import json
+
+    out = tmp_path / name
+    r = cli("bench", name, "--smoke", "--out", out, "--json", tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((tmp_path / "r.json").read_text())
+    assert (out / "report.md").exists() and "mnist_note" in rec
+    if name == "samplers":
+        for case in ("mixture-exact-score", "swissroll"):
+            c = rec[case]
+            assert set(c["curves"]) == {"ancestral", "ddim", "heun", "dpm++"}
+            assert c["floor"] > 0 and c["full_chain"]["nfe"] >= 1000 and (out / c["figure"]).exists()
+    else:
+        for case in ("swissroll", "iw-mixture"):
+            c = rec["cases"][case]
+            for key in ("K_bits_scaled", "iw_bits_scaled", "ode_bits_scaled", "exact_bits_scaled", "ode_gap_bits"):
+                assert key in c, key
+        assert abs(rec["cases"]["mixture-exact-score"]["ode_gap_bits"]) < 0.05

@@ -98,9 +98,9 @@ def _steps_for(solver: str, calls: int, model) -> int:
     from .ode.solvers import steps_for_nfe
 
     if solver == "ancestral":
-        # The chain's grid has `steps` latents in discrete time and steps + 1 in
-        # continuous time, each hop one call (a learned decoder included).
-        return calls if model.schedule.continuous is False else max(1, calls - 1)
+        # One call per latent of the chain's grid (a learned decoder included): a
+        # discrete grid of `steps` has that many, a continuous one steps + 1.
+        return calls if len(model.time_grid(calls)) <= calls else max(1, calls - 1)
     return steps_for_nfe(solver, calls)
 
 

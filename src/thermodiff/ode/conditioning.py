@@ -24,6 +24,7 @@ from ..errors import ConfigError
 from ..parametrization import eps_to_x0
 from ..sampling.conditions import GaussianObservation, as_condition
 from ..tensors import expand_as
+from .flow import check_model
 
 ODE_METHODS = ("guidance", "product")
 
@@ -66,8 +67,7 @@ def conditioned_predict(model, condition, method: str | None, scale: float = 1.0
                           f"{' or '.join(ODE_METHODS)}")
     if method not in r.methods:
         raise ConfigError(r.refusal(method) or f"method {method} does not apply to this condition")
-    if model.process.binary:
-        raise ConfigError("the probability-flow ODE is defined for Gaussian diffusion (continuous data)")
+    check_model(model)
     r.check(model)
     if method == "guidance":
         return tilted(model.predict, lambda x, abar: scale * _gradient(lambda u: r.log_r(model, u), x))

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..model import DiffusionModel
 from .flow import Flow
 from .solvers import ATOL, RTOL, SOLVERS, solve_adaptive, solve_fixed
@@ -84,9 +84,9 @@ def decode(model: DiffusionModel, z: torch.Tensor, rtol: float = RTOL, atol: flo
     Shapes: z (N, *D) the prior's units -> y (N, *D) float64 data units, float.
     """
     if tuple(z.shape[1:]) != model.data_shape:
-        raise ConfigError(f"latents of shape {tuple(z.shape[1:])}; the model's examples have shape {model.data_shape}")
+        raise DataError(f"latents of shape {tuple(z.shape[1:])}; the model's examples have shape {model.data_shape}")
     if not bool(torch.isfinite(z).all()):
-        raise ConfigError("the latents hold NaN or inf")
+        raise DataError("the latents hold NaN or inf")
     _check_solver(solver, steps)
     flow = flow or Flow(model)
     dev = flow.device

@@ -28,7 +28,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from .flow import Flow, time_grid
 
 SOLVERS = ("ddim", "heun", "dpm++")
@@ -142,8 +142,9 @@ def solve_ivp(fun: Callable[[float, torch.Tensor], torch.Tensor], state: torch.T
 
     sol = scipy_solve_ivp(rhs, span, state.reshape(-1).detach().cpu().numpy().astype(np.float64),
                           method="RK45", rtol=rtol, atol=atol, t_eval=[span[1]])
-    if not sol.success:
-        raise ConfigError(f"the adaptive ODE solver failed: {sol.message}")
+    if not sol.success:  # a field that is not finite or too stiff to follow: the data or latents are far out
+        raise DataError(f"the adaptive ODE solver failed ({sol.message}); check that the data or latents lie "
+                        "where the model was trained, or loosen the tolerance")
     return torch.from_numpy(sol.y[:, -1].copy()).to(device).reshape(shape), int(sol.nfev)
 
 

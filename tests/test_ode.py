@@ -306,7 +306,7 @@ def test_ode_conditioning_moves_samples_towards_the_observation_and_refuses_chai
     for method, steps in (("product", 20), ("guidance", 50)):
         x = sample_conditioned(model, GaussianObservation(y, sigma), 3000, gen, method=method, steps=steps,
                                solver="dpm++")
-        # An approximation (see ode.conditioning), but far nearer the posterior than the prior is.
+        # An approximation (see sampling.ode_conditioning), but far nearer the posterior than the prior is.
         assert sliced_wasserstein(x, exact) < 0.3 * sliced_wasserstein(prior, exact)
     with pytest.raises(ConfigError, match="stochastic chain"):
         sample_conditioned(model, Known(torch.tensor([1.0, 0.0]), torch.tensor([1.0, 0.0])), 4, gen, method="clamp",

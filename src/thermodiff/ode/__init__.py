@@ -8,4 +8,6 @@
 - ``likelihood``: the ODE model's exact log-likelihood (exact divergence or
   Hutchinson's estimate);
 - ``sample``: samples by a fixed-step solver from the prior.
+
+Conditioning the ODE on r(x) lives with the conditions, in ``sampling.ode_conditioning``.
 """

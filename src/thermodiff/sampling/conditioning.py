@@ -189,14 +189,14 @@ def sample_conditioned(model: DiffusionModel, condition, n: int, generator: torc
 
     solver: ``ancestral`` (the chain), or an ODE solver (``ddim``, ``heun``, ``dpm++``;
     ``steps`` grid times, default 20) for the methods that change the score,
-    ``guidance`` and ``product`` (``ode.conditioning``).
+    ``guidance`` and ``product`` (``ode_conditioning``).
 
     Shapes: returns (n, *D) float64.
     """
     if solver != "ancestral":
-        from ..ode.conditioning import conditioned_predict  # the ODE imports this package's conditions
         from ..ode.flow import Flow
         from ..ode.sample import sample_ode
+        from .ode_conditioning import conditioned_predict
 
         unknown = set(options) - {"scale"}
         if unknown:

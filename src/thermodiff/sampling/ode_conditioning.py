@@ -22,9 +22,9 @@ import torch
 
 from ..errors import ConfigError
 from ..parametrization import eps_to_x0
-from ..sampling.conditions import GaussianObservation, as_condition
+from ..ode.flow import check_model
 from ..tensors import expand_as
-from .flow import check_model
+from .conditions import GaussianObservation, as_condition
 
 ODE_METHODS = ("guidance", "product")
 

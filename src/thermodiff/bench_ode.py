@@ -283,8 +283,6 @@ def _mnist_parzen(run: str, sizes: dict, progress: bool) -> dict:
 def run_ode_likelihood(out: Path, smoke: bool = False, run: str | None = None, mixture_run: str | None = None,
                        mnist_run: str | None = None, progress: bool = False) -> dict:
     """`bench ode-likelihood`: see the module. Writes out/eval.json and out/report.md."""
-    from .data.toy import gaussian_mixture_2d_default
-
     sizes = SMOKE if smoke else FULL
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -295,9 +293,9 @@ def run_ode_likelihood(out: Path, smoke: bool = False, run: str | None = None, m
         case.update(run=folder, train_steps=meta["trained_steps"], train_seconds=meta["trained_seconds"])
         record["cases"][name] = case
     # The exact score: the ODE figure must be the exact log-density up to the solver.
-    mix, oracle = oracle_mixture_model()
     from .evaluation import ode_record
 
+    mix, oracle = oracle_mixture_model()
     y = mix.sample(sizes["points"], torch.Generator().manual_seed(7))
     ev = config_mod.EvalConfig()
     rec = ode_record(oracle, y, ev, mix.log_prob)

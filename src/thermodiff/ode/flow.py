@@ -74,7 +74,7 @@ class Flow:
 
     predict: the prediction function (default ``model.predict``; a guided one for
     classifier-free guidance has the same signature). cond: passed through to it.
-    calls counts network evaluations (NFE).
+    (``model.count_calls`` counts its network evaluations.)
 
     Shapes: y (B, *D) float64 in EDM's coordinates; t scalar float64 network time.
     """
@@ -85,7 +85,6 @@ class Flow:
         self.model = model
         self.predict_fn = predict or model.predict
         self.cond = cond
-        self.calls = 0
         sched = model.schedule
         self.t_first = float(sched.t_first)
         with torch.no_grad():
@@ -144,7 +143,6 @@ class Flow:
         b = y.shape[0]
         tt = torch.full((b,), t, dtype=torch.float64, device=y.device)
         abar = torch.full((b,), alpha * alpha, dtype=torch.float64, device=y.device)
-        self.calls += 1
         pred = self.predict_fn(alpha * y, tt, self.cond, abar)
         # x0_hat = (x - sigma eps) / alpha = y - s eps: the same in both coordinates. The
         # prediction's own x0, which is exact where the network gives it (x0, v).

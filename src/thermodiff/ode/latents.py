@@ -16,7 +16,7 @@ import math
 import torch
 
 from ..errors import ConfigError, DataError
-from ..model import DiffusionModel
+from ..model import DiffusionModel, count_calls
 from .flow import Flow
 from .solvers import ATOL, RTOL, SOLVERS, solve_adaptive, solve_fixed
 
@@ -66,9 +66,9 @@ def encode(model: DiffusionModel, y: torch.Tensor, rtol: float = RTOL, atol: flo
         if solver == "adaptive":
             y_T, n = solve_adaptive(flow, x0, _eps_rate(flow), to_noise=True, rtol=rtol, atol=atol)
         else:
-            before = flow.calls
-            y_T = solve_fixed(flow, x0, solver, steps, grid, to_noise=True)
-            n = flow.calls - before
+            with count_calls(model) as count:
+                y_T = solve_fixed(flow, x0, solver, steps, grid, to_noise=True)
+            n = count.calls
         out.append(flow.to_x(y_T).cpu())
         calls += n * x0.shape[0]
     return torch.cat(out), calls / y.shape[0]
@@ -96,9 +96,9 @@ def decode(model: DiffusionModel, z: torch.Tensor, rtol: float = RTOL, atol: flo
         if solver == "adaptive":
             x0, n = solve_adaptive(flow, y_T, _eps_rate(flow), to_noise=False, rtol=rtol, atol=atol)
         else:
-            before = flow.calls
-            x0 = solve_fixed(flow, y_T, solver, steps, grid)
-            n = flow.calls - before
+            with count_calls(model) as count:
+                x0 = solve_fixed(flow, y_T, solver, steps, grid)
+            n = count.calls
         out.append(model.scaler.inverse(x0.cpu()))
         calls += n * y_T.shape[0]
     return torch.cat(out), calls / z.shape[0]

@@ -29,19 +29,23 @@ def test_evaluate_iw_adds_its_fields(which, request, tmp_path, run):
 
 def test_report_writes_markdown_json_and_figures(mixture_run, tmp_path, run):
     out = tmp_path / "rep"
-    r = run("report", mixture_run, "--iw", 20, "--iw-examples", 25, "--out", out)
+    r = run("report", mixture_run, "--iw", 20, "--iw-examples", 25, "--ode-examples", 30, "--out", out)
     assert r.returncode == 0, r.stderr
     text = (out / "report.md").read_text()
     rec = json.loads((out / "report.json").read_text())
     assert rec["iw_M"] == 20 and rec["iw_n_examples"] == 25
+    # 2-D data: the ODE figure beside K and IW(M) by default, in one table.
+    assert rec["ode_n_examples"] == 30 and "ode_gap_bits" in rec
+    assert "side by side" in text and "| IW(20) |" in text and "| ODE (" in text
     for name in ("bound_terms.png", "iw_curve.png", "entropy_bounds.png", "samples.png"):
         assert (out / name).stat().st_size > 1000 and f"]({name})" in text
     assert "Importance-weighted estimate against M" in text and "eq. 24 bounds" in text
     ent = rec["entropy_bounds"]
     assert len(ent["t"]) == len(ent["lower"]) == len(ent["model"]) == 11
-    r = run("report", mixture_run, "--iw", 4, "--iw-examples", 5, "--out", tmp_path / "html", "--html")
+    r = run("report", mixture_run, "--iw", 4, "--iw-examples", 5, "--out", tmp_path / "html", "--html", "--no-ode")
     assert r.returncode == 0, r.stderr
     assert "<table>" in (tmp_path / "html" / "report.html").read_text()
+    assert "ode_bits" not in json.loads((tmp_path / "html" / "report.json").read_text())
 
 
 def test_bad_iw_arguments_are_one_line_errors(mixture_run, tmp_path, cli):

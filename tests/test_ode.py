@@ -353,3 +353,12 @@ def test_fixed_step_encode_and_decode_invert_each_other_as_steps_grow():
         encode(model, x, solver="heun")
     with pytest.raises(ConfigError, match="noise to the data only"):
         encode(model, x, solver="dpm++", steps=5)
+
+
+def test_cli_latents_far_outside_the_prior_fail_in_one_line(mixture_run, cli, tmp_path):
+    from conftest import _one_line_error
+
+    z = tmp_path / "huge.npy"
+    np.save(z, np.full((2, 2), 1e30))
+    _one_line_error(cli("decode", mixture_run, "--latent", z, "--out", tmp_path / "x.npy"), "could not follow")
+    assert not (tmp_path / "x.npy").exists()

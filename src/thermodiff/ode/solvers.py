@@ -39,6 +39,10 @@ DEFAULT_GRIDS = {"ddim": "edm", "heun": "edm", "dpm++": "log-snr"}
 # Adaptive solver tolerances: relative and absolute, on y (and the log-density).
 RTOL = 1e-5
 ATOL = 1e-5
+# The most right-hand-side calls of one adaptive solve: trained models need hundreds; a
+# field the solver cannot follow (latents far outside the prior, a non-finite network)
+# would otherwise shrink the step without end.
+MAX_CALLS = 20_000
 
 
 def nfe(solver: str, steps: int) -> int:
@@ -135,17 +139,33 @@ def solve_ivp(fun: Callable[[float, torch.Tensor], torch.Tensor], state: torch.T
     if span[0] == span[1]:
         return state, 0
     shape, device = state.shape, state.device
+    calls = [0]
 
     def rhs(v, flat):
+        calls[0] += 1
+        if calls[0] > MAX_CALLS:
+            raise _TooManyCalls
         z = torch.from_numpy(flat).to(device).reshape(shape)
-        return fun(v, z).reshape(-1).detach().cpu().numpy()
+        out = fun(v, z).reshape(-1).detach().cpu().numpy()
+        if not np.isfinite(out).all():
+            raise _TooManyCalls
+        return out
 
-    sol = scipy_solve_ivp(rhs, span, state.reshape(-1).detach().cpu().numpy().astype(np.float64),
-                          method="RK45", rtol=rtol, atol=atol, t_eval=[span[1]])
-    if not sol.success:  # a field that is not finite or too stiff to follow: the data or latents are far out
-        raise DataError(f"the adaptive ODE solver failed ({sol.message}); check that the data or latents lie "
-                        "where the model was trained, or loosen the tolerance")
+    failure = ("check that the data or latents lie where the model was trained (latents: about N(0, I)), or "
+               "loosen the tolerance")
+    try:
+        sol = scipy_solve_ivp(rhs, span, state.reshape(-1).detach().cpu().numpy().astype(np.float64),
+                              method="RK45", rtol=rtol, atol=atol, t_eval=[span[1]])
+    except _TooManyCalls:
+        raise DataError(f"the adaptive ODE solver could not follow the flow (a non-finite field, or more than "
+                        f"{MAX_CALLS} calls); {failure}") from None
+    if not sol.success:  # a field too stiff to follow: the data or latents are far out
+        raise DataError(f"the adaptive ODE solver failed ({sol.message}); {failure}")
     return torch.from_numpy(sol.y[:, -1].copy()).to(device).reshape(shape), int(sol.nfev)
+
+
+class _TooManyCalls(Exception):
+    """Raised inside the right-hand side to stop a solve that cannot succeed."""
 
 
 # d state / ds at (state, network time t, s): the ODE's right-hand side in (y, s), or an

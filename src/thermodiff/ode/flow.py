@@ -55,16 +55,6 @@ def check_model(model: DiffusionModel) -> None:
                           "the paper's kernel predicts a perturbation of the forward kernel")
 
 
-def s_of_log_snr(lam: torch.Tensor) -> torch.Tensor:
-    """s = sigma / alpha = exp(-lambda / 2). Shapes: any -> same, float64."""
-    return torch.exp(-0.5 * lam.to(torch.float64))
-
-
-def alpha_of_s(s: torch.Tensor) -> torch.Tensor:
-    """alpha = sqrt(abar) = 1 / sqrt(1 + s^2). Shapes: any -> same."""
-    return torch.rsqrt(1 + s**2)
-
-
 Predict = Callable[..., object]  # (x_t, t, cond, abar_t) -> parametrization.Prediction
 
 
@@ -147,15 +137,6 @@ class Flow:
         # x0_hat = (x - sigma eps) / alpha = y - s eps: the same in both coordinates. The
         # prediction's own x0, which is exact where the network gives it (x0, v).
         return pred.x0.to(torch.float64), pred.eps.to(torch.float64)
-
-    def eps(self, y: torch.Tensor, s: float) -> torch.Tensor:
-        """dy/ds at noise-to-signal ratio s: eps_hat(alpha y, t(s)). Below s_first (the
-        tail) the field of t_first, as a function of y: the velocity there is the network's
-        at its first time, so that DDIM's last step (to x0_hat) is this flow's Euler step.
-
-        Shapes: y (B, *D) float64 -> (B, *D) float64.
-        """
-        return self.predict(y, self.t_of_s(s))[1]
 
 
 def time_grid(flow: Flow, steps: int, kind: str = "edm") -> list[float]:

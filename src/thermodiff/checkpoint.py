@@ -177,10 +177,21 @@ def validate_run(states: dict[str, dict], meta: dict, sections=RUN_SECTIONS) -> 
         raise CheckpointError("section 'optimizer' lacks its 'state' table or 'param_groups' list")
     size = torch.Generator().get_state().numel()
     if "rng" in states:
-        gen = states["rng"].get("generator")
-        if not isinstance(gen, torch.Tensor) or gen.dtype != torch.uint8 or tuple(gen.shape) != (size,):
-            got = f"{gen.dtype} of shape {tuple(gen.shape)}" if isinstance(gen, torch.Tensor) else repr(type(gen).__name__)
-            raise CheckpointError(f"'rng/generator' must be the generator's state, uint8 of shape ({size},); got {got}")
+        # "generator": one process's (rank 0's) stream; "rank_R": rank R's under torchrun.
+        world = meta.get("world_size", 1)
+        if not isinstance(world, int) or isinstance(world, bool) or world < 1:
+            raise CheckpointError(f"'world_size' must be an integer >= 1, got {world!r}")
+        if world != len(states["rng"]):
+            raise CheckpointError(f"'world_size' is {world}, but section 'rng' holds {len(states['rng'])} stream(s)")
+        names = ["generator"] + [f"rank_{r}" for r in range(1, world)]
+        extra = sorted(set(states["rng"]) - set(names))
+        if extra:
+            raise CheckpointError(f"unexpected 'rng/{extra[0]}' for a checkpoint of {world} process(es)")
+        for name in names:
+            gen = states["rng"].get(name)
+            if not isinstance(gen, torch.Tensor) or gen.dtype != torch.uint8 or tuple(gen.shape) != (size,):
+                got = f"{gen.dtype} of shape {tuple(gen.shape)}" if isinstance(gen, torch.Tensor) else repr(type(gen).__name__)
+                raise CheckpointError(f"'rng/{name}' must be the generator's state, uint8 of shape ({size},); got {got}")
     if "ema" in states and not isinstance(states["ema"], dict):
         raise CheckpointError("section 'ema' is not a table")
     step = meta.get("step")

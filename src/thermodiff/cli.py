@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import signal
 import sys
 import warnings
 from contextlib import contextmanager
@@ -133,7 +135,7 @@ def _load_test(args, cfg, model):
     except ThermodiffError as exc:
         if not args.data:
             raise
-        print(f"thermodiff: no Gaussian baseline: the run's training data cannot be read ({exc})", file=sys.stderr)
+        _note(f"thermodiff: no Gaussian baseline: the run's training data cannot be read ({exc})")
         dataset = None
     train = dataset.train_continuous(cfg.train.seed) if dataset is not None else None
     if args.data:
@@ -160,12 +162,16 @@ ODE_KEYS = ("ode_bits", "ode_bits_scaled", "ode_stderr_bits", "ode_probe_stderr_
 def cmd_evaluate(args) -> int:
     from . import config
     from .evaluation import evaluate_run, iw_record
+    from . import distributed
     from .report import write_json
     from .run_folder import load_run
 
     check_output("--json", args.json, folder=False)
     cfg, model, meta = load_run(args.run, which=args.checkpoint)
+    ranks = distributed.init(model.scaler.shift.device)  # under torchrun: the examples split across ranks
     print(f"weights: {meta['checkpoint']}")
+    if ranks.world > 1:
+        print(f"{ranks.world} processes: the held-out batches split across them")
     eval_cfg = config.replace(cfg, eval=_eval_overrides(args)).eval
     y, log_density, train = _load_test(args, cfg, model)
     record = evaluate_run(model, y, eval_cfg, log_density, progress=not args.quiet, sampler=meta["time_sampler"],
@@ -183,7 +189,7 @@ def cmd_evaluate(args) -> int:
     record["train_seconds"] = meta["train_seconds"]
     record["checkpoint"] = meta["checkpoint"]
     _print_record(record, keys)
-    if args.json:
+    if args.json and ranks.main:
         write_json(args.json, record)
         print(f"wrote {args.json}")
     return 0
@@ -203,7 +209,7 @@ def _print_record(record: dict, keys) -> None:
     """One aligned line per figure of an evaluation record that is present."""
     for key in ("warning", "gaussian_warning", "ode_warning"):
         if key in record:
-            print(f"thermodiff: warning: {record[key]}", file=sys.stderr)
+            _note(f"thermodiff: warning: {record[key]}")
     for key in keys:
         if key in record:
             v = record[key]
@@ -214,6 +220,7 @@ def cmd_sample(args) -> int:
     import numpy as np
     import torch
 
+    from . import distributed
     from .data.arrays import save_array
     from .model import count_calls
     from .sampling.ancestral import sample
@@ -225,15 +232,24 @@ def cmd_sample(args) -> int:
     if args.grid is not None and args.solver == "ancestral":
         raise ConfigError("--grid sets the time grid of an ODE solver (--solver ddim, heun or dpm++)")
     cfg, model, _ = load_run(args.run, which=args.checkpoint)
-    gen = torch.Generator().manual_seed(args.seed)
-    with _allocation(args.n), count_calls(model) as calls:
-        x = sample(model, args.n, gen, steps=args.steps, progress=not args.quiet, eta=args.eta, solver=args.solver,
+    ranks = distributed.init(model.scaler.shift.device)
+    if args.n < ranks.world:
+        raise ConfigError(f"-n {args.n} is fewer samples than the {ranks.world} processes")
+    # Under torchrun rank r draws its share from stream r of the seed; one process (and
+    # rank 0) draws from the seed itself, as it always did.
+    n_own = distributed.shares(args.n, ranks.world)[ranks.rank]
+    gen = distributed.stream(args.seed, ranks.rank)
+    with _allocation(n_own), count_calls(model) as calls:
+        x = sample(model, n_own, gen, steps=args.steps, progress=not args.quiet, eta=args.eta, solver=args.solver,
                    grid=args.grid)
-    y = model.scaler.inverse(x).numpy()
+    x = torch.cat(distributed.all_gather(x))  # in rank order
+    rows = float(distributed.all_sum(torch.tensor([float(calls.rows)], dtype=torch.float64))[0])
     out = Path(args.out) if args.out else Path(args.run) / "samples.npy"
-    save_array(out, np.asarray(y))
-    print(f"wrote {args.n} samples to {out}")
-    print(f"network calls per sample (NFE): {calls.per_example(args.n):g} ({args.solver})")
+    if ranks.main:
+        save_array(out, np.asarray(model.scaler.inverse(x).numpy()))
+    procs = f" by {ranks.world} processes" if ranks.world > 1 else ""
+    print(f"wrote {args.n} samples to {out}{procs}")
+    print(f"network calls per sample (NFE): {rows / args.n:g} ({args.solver})")
     return 0
 
 
@@ -774,13 +790,85 @@ def _os_error(exc: OSError) -> str:
     return f"{names!s}: {exc.strerror or one_line(exc)}"
 
 
+# The commands that run across the processes torchrun starts; the rest run in one.
+DISTRIBUTED_COMMANDS = ("train", "evaluate", "sample")
+# Whether this process reports notes and warnings: under torchrun rank 0 alone does.
+_SPEAKS = [True]
+
+
+def _note(line: str) -> None:
+    """A note or warning on standard error, from the process that speaks."""
+    if _SPEAKS[0]:
+        print(line, file=sys.stderr)
+
+
+class _Stopped(Exception):
+    """SIGTERM under torchrun: the launcher stops the other processes when one ends."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Stopped
+
+
+def _world_size() -> int:
+    """The processes torchrun started (WORLD_SIZE; 1 without torchrun)."""
+    value = os.environ.get("WORLD_SIZE", "1")
+    return int(value) if value.isdigit() else 1
+
+
+def _as_rank(args) -> tuple[int, int]:
+    """(rank, processes) of this process under torchrun, (0, 1) without it. Rank 0
+    speaks; the others print nothing but their own failures and show no progress."""
+    world = _world_size()
+    if world <= 1:
+        return 0, 1
+    rank = int(os.environ.get("RANK", "0")) if os.environ.get("RANK", "0").isdigit() else 0
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    if rank > 0:
+        args.quiet = True
+        _SPEAKS[0] = False
+        sys.stdout = open(os.devnull, "w")
+    return rank, world
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    status = _run(args)
+    if _world_size() > 1:
+        from . import distributed
+
+        distributed.finish(status, together=status == 0)  # does not return
+    return status
+
+
+def _run(args) -> int:
+    """The command, with every failure a user can meet as one line and its status."""
+    rank, who = 0, ""
     try:
+        rank, world = _as_rank(args)
+        who = f" (process {rank} of {world})" if world > 1 else ""
+        if world > 1 and args.command not in DISTRIBUTED_COMMANDS:
+            raise ConfigError(f"thermodiff {args.command} runs in one process; under torchrun: "
+                              f"{', '.join(DISTRIBUTED_COMMANDS)}")
         check_flags(args)
         return args.func(args)
+    except _Stopped:
+        print(f"thermodiff: stopped{who}: another process of the job ended; the last checkpoint is intact: "
+              "rerun the same command to resume", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:
+        from . import distributed
+
+        if not distributed.lost_peer(exc):
+            raise
+        # gloo's message opens with its source file and line: "[.../pair.cc:537] Read error ..."
+        text = re.sub(r"^\[[^\]]*\]\s*", "", one_line(exc))[:120]
+        print(f"thermodiff: error{who}: lost contact with another process of the job ({text}); "
+              "the last checkpoint is intact: rerun the same command to resume", file=sys.stderr)
+        return 1
     except ThermodiffError as exc:
-        print(f"thermodiff: error: {exc}", file=sys.stderr)
+        if rank == 0:  # every process reads the same inputs: rank 0 says what is wrong once
+            print(f"thermodiff: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # an output that cannot be written (a folder under a file, a full disk...)
         print(f"thermodiff: error: {_os_error(exc)}", file=sys.stderr)

@@ -25,6 +25,7 @@ import math
 
 import torch
 
+from . import distributed
 from .model import DiffusionModel
 from .units import LN2
 
@@ -88,17 +89,21 @@ def evaluate_iw(model: DiffusionModel, y: torch.Tensor, m: int, steps: int | Non
     """
     model.eval()
     dev = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(seed)
     per_batch = max(1, batch_size // m)
-    starts = range(0, y.shape[0], per_batch)
+    starts = list(range(0, y.shape[0], per_batch))
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(starts) * len(model.time_grid(steps)), desc=f"importance-weighted, M = {m}",
-                   unit="hop", leave=False)
-    parts = [log_weights(model, model.scaler(y[s : s + per_batch]).to(dev), m, gen, steps,
-                         bar.update if bar else None).cpu() for s in starts]
+        bar = tqdm(total=distributed.own_chunks(len(starts)) * len(model.time_grid(steps)),
+                   desc=f"importance-weighted, M = {m}", unit="hop", leave=False)
+
+    def chunk(k: int) -> torch.Tensor:
+        # Batch k draws from stream k of the seed, whichever rank computes it.
+        x0 = model.scaler(y[starts[k] : starts[k] + per_batch]).to(dev)
+        return log_weights(model, x0, m, distributed.stream(seed, k), steps, bar.update if bar else None).cpu()
+
+    parts = distributed.map_chunks(chunk, len(starts))
     if bar:
         bar.close()
     return torch.cat(parts)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import distributed
 from .model import DiffusionModel
 from .tensors import expand_as, sum_dims
 from .time_sampler import TimeSampler
@@ -205,18 +206,26 @@ def evaluate(
     """
     model.eval()
     dev = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(seed)
     # Discrete time evaluates at most the T - 1 steps per example.
     per_batch = max(1, batch_size // max(1, min(n_t, (model.schedule.n_steps or 10**9) - 1)))
-    chunks = range(0, y.shape[0], per_batch)
+    starts = list(range(0, y.shape[0], per_batch))
+    bar = None
     if progress:
-        from tqdm import tqdm
+        from tqdm import tqdm  # progress bars are optional: imported where shown
 
-        chunks = tqdm(chunks, desc="evaluate", unit="batch", leave=False)
-    parts = []
-    for start in chunks:
-        x0 = model.scaler(y[start : start + per_batch]).to(dev)
-        parts.append(bound_terms(model, x0, n_t, gen, sampler))
+        bar = tqdm(total=distributed.own_chunks(len(starts)), desc="evaluate", unit="batch", leave=False)
+
+    def chunk(k: int) -> BoundTerms:
+        # Batch k draws from stream k of the seed, whichever rank computes it.
+        x0 = model.scaler(y[starts[k] : starts[k] + per_batch]).to(dev)
+        terms = bound_terms(model, x0, n_t, distributed.stream(seed, k), sampler)
+        if bar is not None:
+            bar.update(1)
+        return terms
+
+    parts = distributed.map_chunks(chunk, len(starts))
+    if bar is not None:
+        bar.close()
     return BoundTerms(
         prior=torch.cat([p.prior.cpu() for p in parts]),
         diffusion=torch.cat([p.diffusion.cpu() for p in parts]),

@@ -75,6 +75,8 @@ class TrainingState:
     step: int = 0
     seconds: float = 0.0
     best: Best = field(default_factory=Best)
+    world: int = 1  # the processes that wrote the checkpoint resumed from
+    streams_restarted: bool = False  # a rank the checkpoint held no random stream for
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -168,17 +170,31 @@ def refuse_trained(out: Path) -> str:
             "or remove the folder to train it again")
 
 
-def save_checkpoint(out: Path, state: TrainingState, cfg: config_mod.Config) -> None:
-    """Write `state` and the config to ``out / CHECKPOINT``, atomically."""
+def stream_key(rank: int) -> str:
+    """The name of rank `rank`'s random stream in a checkpoint's "rng" section: the
+    generator of one process (and of rank 0) is "generator", as it always was."""
+    return "generator" if rank == 0 else f"rank_{rank}"
+
+
+def save_checkpoint(out: Path, state: TrainingState, cfg: config_mod.Config,
+                    streams: list[torch.Tensor] | None = None) -> None:
+    """Write `state` and the config to ``out / CHECKPOINT``, atomically.
+
+    streams: under several ranks, every rank's generator state in rank order (rank 0's
+    is state.generator's); None: one process.
+    """
+    streams = streams if streams is not None else [state.generator.get_state()]
     states = {
         "model": state.model.state_dict(),
         "optimizer": state.optimizer.state_dict(),
         "sampler": state.sampler.state_dict(),
-        "rng": {"generator": state.generator.get_state()},
+        "rng": {stream_key(r): g for r, g in enumerate(streams)},
     }
     if state.ema is not None:
         states["ema"] = state.ema.state_dict()
     meta = {"step": state.step, "train_seconds": state.seconds, "config": config_mod.to_dict(cfg), **state.best.to_meta()}
+    if len(streams) > 1:
+        meta["world_size"] = len(streams)
     _save(out / CHECKPOINT, states, meta)
     # config.toml follows the checkpoint (a longer budget is recorded only once trained on).
     text = config_mod.dumps(cfg)
@@ -217,15 +233,23 @@ def _best_step_on_disk(out: Path) -> int | None:
         return None
 
 
-def resume(out: Path, state: TrainingState, cfg: config_mod.Config | None = None) -> bool:
+def resume(out: Path, state: TrainingState, cfg: config_mod.Config | None = None, ranks=None) -> bool:
     """Load the run's checkpoint into `state` (in place) where there is one, and drop
     the metric lines logged after it. Returns whether a checkpoint was found.
+
+    ranks: under several processes (``distributed.Ranks``), each loads the checkpoint
+    and takes its own rank's random stream; rank 0 alone writes (the metrics' cut, a
+    best file a kill left behind). A rank the checkpoint holds no stream for (it was
+    written by fewer processes) starts stream `step` of its rank's seed and sets
+    ``state.streams_restarted``.
 
     Raises CheckpointError where the checkpoint does not fit the state's objects.
     """
     path = out / CHECKPOINT
+    rank, main = (ranks.rank, ranks.main) if ranks is not None else (0, True)
     if not path.exists():
-        truncate_metrics(out / METRICS, 0)  # no trained state: every step is redone
+        if main:
+            truncate_metrics(out / METRICS, 0)  # no trained state: every step is redone
         return False
     states, meta = checkpoint.load(path)
     try:
@@ -238,13 +262,23 @@ def resume(out: Path, state: TrainingState, cfg: config_mod.Config | None = None
         state.sampler.load_state_dict(states["sampler"])
     except (RuntimeError, KeyError, ValueError) as exc:
         raise CheckpointError(f"{path}: does not match the run's config ({str(exc).splitlines()[0][:160]})") from None
-    state.generator.set_state(states["rng"]["generator"])
     state.step, state.seconds = int(meta["step"]), float(meta["train_seconds"])
+    state.world = int(meta.get("world_size", 1))
+    own = states["rng"].get(stream_key(rank))
+    if own is not None:
+        state.generator.set_state(own)
+    else:
+        from .distributed import stream_seed
+
+        seed = cfg.train.seed if cfg is not None else 0
+        state.generator.manual_seed(stream_seed(stream_seed(seed, rank), state.step))
+        state.streams_restarted = True
     state.best = Best.from_meta(meta)
-    # A kill between a new best's checkpoint and its best file: the checkpoint is the best.
-    if cfg is not None and state.best.step == state.step and _best_step_on_disk(out) != state.step:
-        save_best(out, state, cfg)
-    truncate_metrics(out / METRICS, state.step)
+    if main:
+        # A kill between a new best's checkpoint and its best file: the checkpoint is the best.
+        if cfg is not None and state.best.step == state.step and _best_step_on_disk(out) != state.step:
+            save_best(out, state, cfg)
+        truncate_metrics(out / METRICS, state.step)
     return True
 
 

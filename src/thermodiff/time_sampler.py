@@ -72,12 +72,32 @@ class TimeSampler:
 
         Shapes: bins (B,) long, values (B,).
         """
-        if not self.importance:
-            return
+        if self.importance:
+            self.add_moments(self.moments(bins, values))
+
+    def moments(self, bins: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """A batch's sums of squared terms and counts per bin, the statistics ``update``
+        records. Summed over the shards of one batch (the ranks of a distributed step)
+        they are those of the whole batch, so every rank records the same.
+
+        Shapes: bins (B,) long, values (B,) -> (2, n_bins) float64 (sums; counts).
+        """
         bins = bins.cpu()
         v2 = values.detach().to(torch.float64).cpu() ** 2
-        total = torch.zeros(self.n_bins, dtype=torch.float64).index_add_(0, bins, v2)
-        count = torch.zeros(self.n_bins, dtype=torch.long).index_add_(0, bins, torch.ones_like(bins))
+        out = torch.zeros(2, self.n_bins, dtype=torch.float64)
+        out[0].index_add_(0, bins, v2)
+        out[1].index_add_(0, bins, torch.ones_like(v2))
+        return out
+
+    def add_moments(self, moments: torch.Tensor) -> None:
+        """Record a batch's ``moments``: a bin's first batch sets its second moment,
+        later ones enter its moving average.
+
+        Shapes: moments (2, n_bins) float64.
+        """
+        if not self.importance:
+            return
+        total, count = moments[0], moments[1].round().to(torch.long)
         seen = count > 0
         fresh = seen & (self.counts == 0)
         self.second_moment[fresh] = (total[fresh] / count[fresh])

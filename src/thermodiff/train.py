@@ -30,7 +30,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from . import config as config_mod
-from . import defaults, run_folder
+from . import defaults, distributed, run_folder
 from .data import Dataset
 from .errors import ConfigError, ThermodiffError
 from .model import DiffusionModel, build_model
@@ -131,33 +131,49 @@ class Objective(nn.Module):
 
 
 def train_step(objective: nn.Module, optimizer: torch.optim.Optimizer, x0: torch.Tensor, cfg_train, sampler: TimeSampler,
-               generator: torch.Generator, precision: torch.dtype | None = None) -> dict:
+               generator: torch.Generator, precision: torch.dtype | None = None, global_batch: int | None = None) -> dict:
     """One optimisation step on a batch of scaled data: the forward (under autocast where
     `precision` names a dtype), one backward, clipping, the optimiser's step, and the
     time sampler's update from the batch's terms.
 
     objective: an ``Objective`` (or a DistributedDataParallel around one) whose times
     come from `sampler`; a bare DiffusionModel is wrapped in one from cfg_train.
+    global_batch: under several ranks (``distributed``), the batch of the whole step, of
+    which x0 is this rank's share (None: x0 is all of it). The gradient is then that of
+    the global batch's mean loss, the time sampler records every rank's terms, and the
+    loss returned is the global mean, the same on every rank.
 
     Shapes: x0 (B, *D).
     """
     if isinstance(objective, DiffusionModel):
         objective = Objective(objective, cfg_train.objective, sampler, cfg_train.hybrid_lambda)
+    b = x0.shape[0]
+    n = global_batch or b
     # Mixed precision for the forward alone: the network's matmuls and convolutions run
     # in bf16, while float64 (the schedule, the bound's terms) is left alone by autocast.
     with nullcontext() if precision is None else torch.autocast(x0.device.type, dtype=precision):
         loss, stats = objective(x0, generator)
     optimizer.zero_grad(set_to_none=True)
-    loss.mean().backward()
+    # DistributedDataParallel averages the ranks' gradients; weighting each rank's mean
+    # by its share of the global batch makes that average the gradient of the global
+    # batch's mean, shares equal or not (the weight is exactly 1 on one process).
+    (loss.mean() * (b * distributed.current().world / n)).backward()
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    if cfg_train.grad_clip > 0:
+    if cfg_train.grad_clip > 0:  # on the synchronised gradient: the backward has reduced it
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg_train.grad_clip))
     else:
         grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
     optimizer.step()
-    if stats is not None:
-        sampler.update(*stats)
-    return {"loss": float(loss.detach().mean()), "grad_norm": grad_norm}
+    # One collective for the step's figures: the loss's sum and the time sampler's
+    # per-bin moments, summed over the ranks, so every rank records the same.
+    moments = sampler.moments(*stats) if stats is not None and sampler.importance else None
+    packed = loss.detach().sum().to(torch.float64).cpu().reshape(1)
+    if moments is not None:
+        packed = torch.cat([packed, moments.flatten()])
+    packed = distributed.all_sum(packed)
+    if moments is not None:
+        sampler.add_moments(packed[1:].reshape(moments.shape))
+    return {"loss": float(packed[0]) / n, "grad_norm": grad_norm}
 
 
 def _fitted_model(cfg: config_mod.Config, data: Dataset) -> DiffusionModel:
@@ -223,28 +239,45 @@ def fit(cfg: config_mod.Config, data: Dataset, out: str | Path, progress: bool =
     """
     out = Path(out)
     cfg, chosen = defaults.for_data(cfg, data.train.shape[0], math.prod(data.shape))
-    if chosen:
-        log(f"for {data.train.shape[0]} training examples of {math.prod(data.shape)} values: {', '.join(chosen)}")
     tc = cfg.train
     lr_factor(tc.lr_schedule, 0.0, 0, 0)  # validate before anything is written
     check_objective(tc.objective, cfg.model.parametrization, cfg.process.kind)
-    device = select_device(tc.device)
+    ranks = distributed.init(select_device(tc.device))
+    if tc.batch_size < ranks.world:
+        raise ConfigError(f"train.batch_size = {tc.batch_size} is smaller than the {ranks.world} processes: "
+                          "each needs at least one example a step")
+    if not ranks.main:  # rank 0 alone speaks and writes
+        log, progress = (lambda *a, **k: None), False
+    if chosen:
+        log(f"for {data.train.shape[0]} training examples of {math.prod(data.shape)} values: {', '.join(chosen)}")
+    if ranks.world > 1:
+        share = distributed.shares(tc.batch_size, ranks.world)
+        log(f"{ranks.world} processes ({ranks.device.type}): a global batch of {tc.batch_size}, "
+            f"{share[0]}{'' if share[0] == share[-1] else ' or ' + str(share[-1])} examples on each")
+    device = ranks.device
     precision = autocast_dtype(tc.precision, device)
     if tc.threads > 0:
         torch.set_num_threads(tc.threads)
-    torch.manual_seed(tc.seed)
+    torch.manual_seed(tc.seed)  # the same initial weights on every rank
     model = _fitted_model(cfg, data).to(device)
     sampler = make_time_sampler(model, tc.t_sampling, tc.t_bins)
-    with run_folder.lock(out):
-        run_folder.start(out, cfg, fresh=fresh)
+    with run_folder.lock(out) if ranks.main else nullcontext():
+        if ranks.main:
+            run_folder.start(out, cfg, fresh=fresh)
+        distributed.barrier()  # the folder is open (or rank 0 has failed, and torchrun stops the rest)
         optimizer, ema = make_optimizer(model, tc)
-        gen = torch.Generator().manual_seed(tc.seed)  # every draw of training, in a fixed order
+        # Every draw of training in a fixed order, from this rank's own stream.
+        gen = distributed.stream(tc.seed, ranks.rank)
         state = run_folder.TrainingState(model, optimizer, sampler, gen, ema)
-        if run_folder.resume(out, state, cfg):
+        if run_folder.resume(out, state, cfg, ranks=ranks):
             log(f"resuming {out} from step {state.step}")
+            if state.streams_restarted:
+                log(f"the checkpoint was written by {state.world} processes, this run has {ranks.world}: "
+                    "the processes it holds no random stream for start new ones (the run continues, "
+                    "not draw for draw)")
         monitor = _monitor(cfg, data, log)
-        _loop(cfg, data, out, state, precision, device, progress, monitor)
-        run_folder.save_checkpoint(out, state, cfg)
+        _loop(cfg, data, out, state, precision, ranks, progress, monitor)
+        _save(out, state, cfg, ranks)
         if state.best.exhausted(tc.patience):
             log(f"stopped early at step {state.step}: no better held-out bound in {tc.patience} checks")
         if state.best.step is not None:
@@ -253,6 +286,18 @@ def fit(cfg: config_mod.Config, data: Dataset, out: str | Path, progress: bool =
                 "the last ones)")
     final = ema.module if ema is not None else model
     return final.cpu().eval()
+
+
+def _save(out: Path, state: run_folder.TrainingState, cfg: config_mod.Config, ranks: distributed.Ranks,
+          best: bool = False) -> None:
+    """The checkpoint (and with `best` the best weights beside it), written by rank 0
+    alone; every rank calls it, since the checkpoint holds every rank's random stream
+    (gathered here)."""
+    streams = distributed.all_gather(state.generator.get_state())
+    if ranks.main:
+        run_folder.save_checkpoint(out, state, cfg, streams=streams)
+        if best:
+            run_folder.save_best(out, state, cfg)
 
 
 def _monitor(cfg: config_mod.Config, data: Dataset, log) -> HeldOutMonitor | None:
@@ -272,14 +317,30 @@ def _monitor(cfg: config_mod.Config, data: Dataset, log) -> HeldOutMonitor | Non
 
 
 def _loop(cfg: config_mod.Config, data: Dataset, out: Path, state: run_folder.TrainingState,
-          precision: torch.dtype | None, device: torch.device, progress: bool,
+          precision: torch.dtype | None, ranks: distributed.Ranks, progress: bool,
           monitor: HeldOutMonitor | None = None) -> None:
     """The training loop: `state` (its objects in place) from state.step to the end of
     the budget, or until `monitor`'s checks stop improving (train.patience), logging to
-    and checkpointing into `out`."""
+    and checkpointing into `out`.
+
+    Under several ranks every rank runs it in step: DistributedDataParallel reduces the
+    gradients (so the weights, and the EMA each rank keeps of them, stay the same
+    everywhere), ``train_step`` reduces the loss and the time sampler's statistics, and
+    rank 0's clock and any Ctrl-C are agreed each step, so every rank takes the same
+    number of steps; the held-out check is computed across the ranks; rank 0 alone
+    writes the metrics and the checkpoints.
+    """
     tc = cfg.train
     model, optimizer, sampler, gen, ema = state.model, state.optimizer, state.sampler, state.generator, state.ema
+    device = ranks.device
     objective = Objective(model, tc.objective, sampler, tc.hybrid_lambda)
+    if ranks.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Buffers (the data map, a fixed schedule) are equal on every rank by construction.
+        objective = DistributedDataParallel(objective, device_ids=[device] if device.type == "cuda" else None,
+                                            forward_sync_buffers=False)
+    batch = distributed.shares(tc.batch_size, ranks.world)[ranks.rank]
 
     dropout = any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
     # The whole training set lives on the device, already scaled: batches are an index.
@@ -297,10 +358,17 @@ def _loop(cfg: config_mod.Config, data: Dataset, out: Path, state: run_folder.Tr
         bar = tqdm(total=tc.steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
     # O_NOFOLLOW: a symbolic link put there after start() is refused, not written through.
     metrics_path = out / METRICS
-    try:
-        metrics = os.open(metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
-    except OSError as exc:
-        raise ThermodiffError(f"{metrics_path}: cannot open the metrics ({exc.strerror or exc})") from None
+    metrics = None
+    if ranks.main:
+        try:
+            metrics = os.open(metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        except OSError as exc:
+            raise ThermodiffError(f"{metrics_path}: cannot open the metrics ({exc.strerror or exc})") from None
+
+    def write_metrics(record: dict) -> None:
+        if metrics is not None:
+            _append_line(metrics, metrics_path, json.dumps(record) + "\n")
+
     model.train()
     try:
         with _Interrupt() as interrupt:
@@ -312,7 +380,8 @@ def _loop(cfg: config_mod.Config, data: Dataset, out: Path, state: run_folder.Tr
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 # A batch, and for integer levels fresh uniform noise in [0, 1) level, in model units.
-                idx = torch.randint(0, n, (tc.batch_size,), generator=gen).to(device)
+                # Under several ranks, this rank's share of the global batch.
+                idx = torch.randint(0, n, (batch,), generator=gen).to(device)
                 x = x_train[idx]
                 if data.dequantize:
                     u = torch.rand(x.shape, generator=gen).to(device)
@@ -322,11 +391,13 @@ def _loop(cfg: config_mod.Config, data: Dataset, out: Path, state: run_folder.Tr
                 if dropout:
                     torch.manual_seed(int(torch.randint(0, 2**62, (), generator=gen)))
                 # The step: forward, backward, clip, AdamW; then the EMA follows the weights.
-                stats = train_step(objective, optimizer, x, tc, sampler, gen, precision)
+                stats = train_step(objective, optimizer, x, tc, sampler, gen, precision, tc.batch_size)
                 if ema is not None:
                     ema.update_parameters(model)
                 state.step += 1
                 state.seconds += time.perf_counter() - t0
+                if ranks.world > 1:
+                    _agree(state, interrupt, ranks)
                 if not math.isfinite(stats["loss"]):
                     raise ThermodiffError(f"loss became {stats['loss']} at step {state.step}; try a lower train.lr")
                 # Logging: a metrics line every log_every steps and at the end of the budget.
@@ -335,7 +406,7 @@ def _loop(cfg: config_mod.Config, data: Dataset, out: Path, state: run_folder.Tr
                               "seconds": round(state.seconds, 3)}
                     if tc.objective == "bound":
                         record["bound_bits"] = -stats["loss"] / math.log(2)  # K estimate, scaled data
-                    _append_line(metrics, metrics_path, json.dumps(record) + "\n")
+                    write_metrics(record)
                     if bar is not None and monitor is None:
                         bar.set_postfix(loss=f"{stats['loss']:.4f}")
                 # Held-out check: K on the validation set; a new best is checkpointed at once.
@@ -346,9 +417,11 @@ def _loop(cfg: config_mod.Config, data: Dataset, out: Path, state: run_folder.Tr
                     model.train()
                     improved = state.best.update(state.step, check["val_bits"])
                     state.seconds += time.perf_counter() - t1  # the budget counts the checks too
+                    if ranks.world > 1:
+                        _agree(state, interrupt, ranks)
                     record = {"step": state.step, **check, "best_step": state.best.step,
                               "best_val_bits": state.best.bits, "seconds": round(state.seconds, 3)}
-                    _append_line(metrics, metrics_path, json.dumps(record) + "\n")
+                    write_metrics(record)
                     if bar is not None:
                         bar.set_postfix(loss=f"{stats['loss']:.4f}", val=f"{check['val_bits']:.2f}",
                                         best=f"{state.best.bits:.2f}@{state.best.step}")
@@ -356,14 +429,22 @@ def _loop(cfg: config_mod.Config, data: Dataset, out: Path, state: run_folder.Tr
                 # (then the best weights beside it); and on Ctrl-C, which lands here (the
                 # step is whole), before stopping.
                 if state.step % tc.checkpoint_every == 0 or interrupt.requested or improved:
-                    run_folder.save_checkpoint(out, state, cfg)
-                if improved:
-                    run_folder.save_best(out, state, cfg)
+                    _save(out, state, cfg, ranks, best=improved)
                 if interrupt.requested:
                     raise KeyboardInterrupt
                 if bar is not None:
                     bar.update(1)
     finally:
-        os.close(metrics)
+        if metrics is not None:
+            os.close(metrics)
         if bar is not None:
             bar.close()
+
+
+def _agree(state: run_folder.TrainingState, interrupt: "_Interrupt", ranks: distributed.Ranks) -> None:
+    """Make every rank see rank 0's clock (the time budget) and any rank's Ctrl-C, so
+    that all of them stop at the same step. Collective."""
+    mine = torch.tensor([state.seconds if ranks.main else 0.0, float(interrupt.requested)], dtype=torch.float64)
+    agreed = distributed.all_sum(mine)
+    state.seconds = float(agreed[0])
+    interrupt.requested = bool(agreed[1] > 0)

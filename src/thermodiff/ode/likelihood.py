@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import distributed
 from ..errors import ConfigError
 from ..model import DiffusionModel
 from ..processes.gaussian import log_prior
@@ -99,20 +100,21 @@ def log_likelihood(model: DiffusionModel, y: torch.Tensor, rtol: float = RTOL, a
         raise ConfigError(f"Hutchinson probes must be at least 1 (0: the exact divergence), got {probes}")
     flow = Flow(model)
     dev = flow.device
-    gen = torch.Generator().manual_seed(seed)
     n_cols = max(probes, 1)
-    starts = range(0, y.shape[0], batch_size)
+    starts = list(range(0, y.shape[0], batch_size))
+    bar = None
     if progress:
         from tqdm import tqdm  # progress bars are optional: imported where shown
 
-        starts = tqdm(starts, desc="ODE likelihood", unit="batch", leave=False)
-    logs, spreads, latents, calls = [], [], [], 0.0
-    for start in starts:
-        x0 = model.scaler(y[start: start + batch_size]).to(dev).to(torch.float64)
-        b = x0.shape[0]
-        v = rademacher((probes, b) + model.data_shape, gen).to(dev) if probes else None
+        bar = tqdm(total=distributed.own_chunks(len(starts)), desc="ODE likelihood", unit="batch", leave=False)
 
-        def rate(state, t, s, b=b, v=v):
+    def chunk(k: int):
+        # Batch k draws its probes from stream k of the seed, whichever rank solves it.
+        x0 = model.scaler(y[starts[k]: starts[k] + batch_size]).to(dev).to(torch.float64)
+        b = x0.shape[0]
+        v = rademacher((probes, b) + model.data_shape, distributed.stream(seed, k)).to(dev) if probes else None
+
+        def rate(state, t, s):
             yy = state[:, :d].reshape((b,) + model.data_shape)
             eps, div = divergence(lambda u: flow.predict(u, t)[1], yy, v)
             return torch.cat([eps.reshape(b, d), div.reshape(b, n_cols)], 1)
@@ -123,9 +125,15 @@ def log_likelihood(model: DiffusionModel, y: torch.Tensor, rtol: float = RTOL, a
         alpha_T = 1.0 / math.sqrt(1.0 + flow.s_last**2)
         log_p_T = log_prior(alpha_T * y_T) + d * math.log(alpha_T)
         integral = state[:, d:]  # (b, n_cols): the divergence integral per probe
-        logs.append((log_p_T[:, None] + integral).mean(1).cpu())
-        spreads.append((integral.var(1) / probes).cpu() if probes > 1 else None)
-        latents.append((alpha_T * y_T).cpu())
-        calls += n * b
+        if bar is not None:
+            bar.update(1)
+        return ((log_p_T[:, None] + integral).mean(1).cpu(),
+                (integral.var(1) / probes).cpu() if probes > 1 else None,
+                (alpha_T * y_T).cpu(), n * b)
+
+    parts = distributed.map_chunks(chunk, len(starts))
+    if bar is not None:
+        bar.close()
+    logs, spreads, latents, calls = zip(*parts)
     probe_var = torch.cat(spreads) if probes > 1 else None
-    return OdeLikelihood(torch.cat(logs), probe_var, torch.cat(latents), calls / y.shape[0], probes)
+    return OdeLikelihood(torch.cat(logs), probe_var, torch.cat(latents), float(sum(calls)) / y.shape[0], probes)

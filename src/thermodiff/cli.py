@@ -861,8 +861,9 @@ def _run(args) -> int:
 
         if not distributed.lost_peer(exc):
             raise
-        # gloo's message opens with its source file and line: "[.../pair.cc:537] Read error ..."
-        text = re.sub(r"^\[[^\]]*\]\s*", "", one_line(exc))[:120]
+        # gloo's message opens with its source file and line ("[.../pair.cc:537] Read error
+        # ...") and goes on for sentences: its first says what happened.
+        text = re.sub(r"^\[[^\]]*\]\s*", "", one_line(exc)).split(". ")[0][:120]
         print(f"thermodiff: error{who}: lost contact with another process of the job ({text}); "
               "the last checkpoint is intact: rerun the same command to resume", file=sys.stderr)
         return 1

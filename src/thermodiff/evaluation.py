@@ -110,8 +110,10 @@ def ode_record(model: DiffusionModel, y: torch.Tensor, eval_cfg, log_density=Non
     n = min(y.shape[0], eval_cfg.ode_examples)
     y = y[:n]
     probes = None if eval_cfg.ode_probes < 0 else eval_cfg.ode_probes
+    # One network row per example and call: at most eval.batch_size examples a solve
+    # (and at most 256, where the adaptive steps shared by a batch stay fine for each).
     res = log_likelihood(model, y, rtol=eval_cfg.ode_rtol, atol=eval_cfg.ode_atol, probes=probes,
-                         seed=eval_cfg.seed, progress=progress)
+                         seed=eval_cfg.seed, batch_size=min(256, eval_cfg.batch_size), progress=progress)
     log_det = model.scaler.log_det(model.n_dims)
     ode = res.log_p / LN2  # bits, scaled data
     record = {

@@ -7,6 +7,8 @@
 - ``checkpoint.safetensors``: everything training needs to continue draw for draw
   (``TrainingState``: model, EMA, optimiser, time sampler, the generator's state, the
   step and the seconds spent) plus the config, written atomically (``checkpoint``).
+  Under torchrun it holds every rank's generator ("rng/rank_R" beside rank 0's
+  "rng/generator") and ``world_size``; rank 0 alone writes the folder's files.
 - ``best.safetensors``: with held-out monitoring (``train.validate_every``), the
   weights (model, EMA, time sampler) at the check with the best held-out bound; the
   checkpoint records that step (``best_step``). A new best is written as a full
@@ -49,6 +51,7 @@ from torch.optim.swa_utils import AveragedModel
 from . import checkpoint
 from . import config as config_mod
 from .atomic import atomic_write
+from .distributed import stream_seed
 from .errors import CheckpointError, ConfigError, ThermodiffError, one_line
 from .model import DiffusionModel, build_model
 from .monitor import Best
@@ -76,7 +79,6 @@ class TrainingState:
     seconds: float = 0.0
     best: Best = field(default_factory=Best)
     world: int = 1  # the processes that wrote the checkpoint resumed from
-    streams_restarted: bool = False  # a rank the checkpoint held no random stream for
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -240,8 +242,7 @@ def resume(out: Path, state: TrainingState, cfg: config_mod.Config | None = None
     ranks: under several processes (``distributed.Ranks``), each loads the checkpoint
     and takes its own rank's random stream; rank 0 alone writes (the metrics' cut, a
     best file a kill left behind). A rank the checkpoint holds no stream for (it was
-    written by fewer processes) starts stream `step` of its rank's seed and sets
-    ``state.streams_restarted``.
+    written by fewer processes) starts stream `step` of its rank's seed.
 
     Raises CheckpointError where the checkpoint does not fit the state's objects.
     """
@@ -268,11 +269,8 @@ def resume(out: Path, state: TrainingState, cfg: config_mod.Config | None = None
     if own is not None:
         state.generator.set_state(own)
     else:
-        from .distributed import stream_seed
-
         seed = cfg.train.seed if cfg is not None else 0
         state.generator.manual_seed(stream_seed(stream_seed(seed, rank), state.step))
-        state.streams_restarted = True
     state.best = Best.from_meta(meta)
     if main:
         # A kill between a new best's checkpoint and its best file: the checkpoint is the best.

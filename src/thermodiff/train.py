@@ -271,10 +271,10 @@ def fit(cfg: config_mod.Config, data: Dataset, out: str | Path, progress: bool =
         state = run_folder.TrainingState(model, optimizer, sampler, gen, ema)
         if run_folder.resume(out, state, cfg, ranks=ranks):
             log(f"resuming {out} from step {state.step}")
-            if state.streams_restarted:
-                log(f"the checkpoint was written by {state.world} processes, this run has {ranks.world}: "
-                    "the processes it holds no random stream for start new ones (the run continues, "
-                    "not draw for draw)")
+            if state.world != ranks.world:
+                log(f"the checkpoint was written by {state.world} process(es), this run has {ranks.world}: it "
+                    "continues, not draw for draw (a process the checkpoint holds no random stream for "
+                    "starts a new one)")
         monitor = _monitor(cfg, data, log)
         _loop(cfg, data, out, state, precision, ranks, progress, monitor)
         _save(out, state, cfg, ranks)

@@ -233,7 +233,8 @@ def kill_one_rank_and_resume(out, steps: int = KILL_STEPS, timeout: float = 60.0
     rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout * 3)
     _, final = load_checkpoint(out / CHECKPOINT)
     return {"killed_rank": rank, "status": job.returncode, "seconds_to_end": ended, "checkpoint_step": meta["step"],
-            "lines": [s for s in err.splitlines() if s.startswith("thermodiff:")], "rerun_status": rerun.returncode,
+            "lines": [s for s in err.splitlines() if s.startswith("thermodiff:")], "stderr": err,
+            "rerun_status": rerun.returncode,
             "rerun_stdout": rerun.stdout, "rerun_stderr": rerun.stderr, "final_step": final["step"]}
 
 
@@ -243,7 +244,7 @@ def test_killing_one_rank_ends_the_job_and_the_rerun_resumes(tmp_path):
     out = tmp_path / "run"
     result = kill_one_rank_and_resume(out, rank=0)
     assert result["status"] != 0 and result["seconds_to_end"] < KILL_TIMEOUT, result
-    assert len(result["lines"]) == 1 and "rerun the same command to resume" in result["lines"][0], result
+    assert len(result["lines"]) == 1 and "rerun the same command to resume" in result["lines"][0], result["stderr"]
     assert result["rerun_status"] == 0, result["rerun_stderr"][-3000:]
     assert f"resuming {out} from step {result['checkpoint_step']}" in result["rerun_stdout"]
     assert result["final_step"] == KILL_STEPS

@@ -802,12 +802,32 @@ def _note(line: str) -> None:
         print(line, file=sys.stderr)
 
 
-class _Stopped(Exception):
-    """SIGTERM under torchrun: the launcher stops the other processes when one ends."""
+class _Stopped(BaseException):
+    """SIGTERM under torchrun: the launcher stops the other processes when one ends. A
+    BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way
+    up takes it for an error of its own."""
+
+
+# Whether this process has said why it stops: one line, whichever way it learns first
+# (its collective fails, or torchrun's SIGTERM arrives), never two.
+_SAID = [False]
+
+
+def _say_once(line: str) -> None:
+    if not _SAID[0]:
+        _SAID[0] = True
+        print(line, file=sys.stderr, flush=True)
 
 
 def _on_sigterm(signum, frame):
+    # Said here, at once: the process may be killed before the exception unwinds.
+    _say_once(f"thermodiff: stopped{_WHO[0]}: another process of the job ended; the last checkpoint is "
+              "intact: rerun the same command to resume")
     raise _Stopped
+
+
+# " (process R of N)" under torchrun, for the lines above.
+_WHO = [""]
 
 
 def _world_size() -> int:
@@ -833,7 +853,10 @@ def _as_rank(args) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    status = _run(args)
+    try:
+        status = _run(args)
+    except _Stopped:  # SIGTERM while _run was handling another failure: its line is out
+        status = 1
     if _world_size() > 1:
         from . import distributed
 
@@ -846,15 +869,13 @@ def _run(args) -> int:
     rank, who = 0, ""
     try:
         rank, world = _as_rank(args)
-        who = f" (process {rank} of {world})" if world > 1 else ""
+        who = _WHO[0] = f" (process {rank} of {world})" if world > 1 else ""
         if world > 1 and args.command not in DISTRIBUTED_COMMANDS:
             raise ConfigError(f"thermodiff {args.command} runs in one process; under torchrun: "
                               f"{', '.join(DISTRIBUTED_COMMANDS)}")
         check_flags(args)
         return args.func(args)
-    except _Stopped:
-        print(f"thermodiff: stopped{who}: another process of the job ended; the last checkpoint is intact: "
-              "rerun the same command to resume", file=sys.stderr)
+    except _Stopped:  # the line is out (``_on_sigterm``)
         return 1
     except RuntimeError as exc:
         from . import distributed
@@ -864,8 +885,8 @@ def _run(args) -> int:
         # gloo's message opens with its source file and line ("[.../pair.cc:537] Read error
         # ...") and goes on for sentences: its first says what happened.
         text = re.sub(r"^\[[^\]]*\]\s*", "", one_line(exc)).split(". ")[0][:120]
-        print(f"thermodiff: error{who}: lost contact with another process of the job ({text}); "
-              "the last checkpoint is intact: rerun the same command to resume", file=sys.stderr)
+        _say_once(f"thermodiff: error{who}: lost contact with another process of the job ({text}); "
+                  "the last checkpoint is intact: rerun the same command to resume")
         return 1
     except ThermodiffError as exc:
         if rank == 0:  # every process reads the same inputs: rank 0 says what is wrong once

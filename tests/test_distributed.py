@@ -158,6 +158,7 @@ def test_evaluate_on_two_ranks_gives_the_figures_of_one(two_rank_run, tmp_path, 
     for key in ("K_bits", "stderr_bits", "iw_bits", "iw_stderr_bits", "ode_bits", "ode_stderr_bits", "ode_nfe"):
         assert b[key] == pytest.approx(a[key], rel=1e-9, abs=1e-9), key
     assert [s.split()[0] for s in r2.stdout.splitlines()].count("K_bits") == 1  # rank 0 alone prints the record
+    assert (a["eval_processes"], b["eval_processes"]) == (1, 2)
 
 
 def test_sample_on_two_ranks_writes_every_sample_once(two_rank_run, tmp_path):

@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import sys
+import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -174,6 +175,7 @@ def cmd_evaluate(args) -> int:
         print(f"{ranks.world} processes: the held-out batches split across them")
     eval_cfg = config.replace(cfg, eval=_eval_overrides(args)).eval
     y, log_density, train = _load_test(args, cfg, model)
+    started = time.perf_counter()
     record = evaluate_run(model, y, eval_cfg, log_density, progress=not args.quiet, sampler=meta["time_sampler"],
                           train=train, ode=args.ode)
     keys = ("K_bits", "K_bits_scaled", "exact_bits_scaled", "gap_bits", "gap_stderr_bits", "gaussian_bits",
@@ -188,6 +190,11 @@ def cmd_evaluate(args) -> int:
     record["train_steps"] = meta["step"]
     record["train_seconds"] = meta["train_seconds"]
     record["checkpoint"] = meta["checkpoint"]
+    # The evaluation's wall time on rank 0, which ends with every rank's results gathered:
+    # no start-up, no data loading.
+    record["eval_seconds"] = time.perf_counter() - started
+    record["eval_processes"] = ranks.world
+    keys += ("eval_seconds", "eval_processes")
     _print_record(record, keys)
     if args.json and ranks.main:
         write_json(args.json, record)

@@ -203,7 +203,7 @@ def finish(status: int, together: bool = True) -> None:
 def lost_peer(exc: BaseException) -> bool:
     """Whether `exc` is a collective that failed because another rank went away (its
     connection closed, or the wait timed out), not a fault of this rank's own work."""
-    if not current().world > 1:
+    if not launched():  # (the process group may not be joined yet: a failed rendezvous)
         return False
     dist_error = getattr(torch.distributed, "DistError", ())
     if dist_error and isinstance(exc, dist_error):

@@ -26,6 +26,15 @@ from .errors import ConfigError, DataError, ThermodiffError, one_line
 
 # The shipped config that `train --data FILE` starts from, per --process.
 DEFAULT_CONFIGS = {"gaussian": "vectors", "binomial": "binary"}
+# The defaults for `train --data FILE` where FILE holds images (data/arrays.py says when).
+IMAGES_CONFIG = "images"
+
+
+def _holds_images(path, kind: str) -> bool:
+    """Whether the array file at `path` is read as images under data.kind = `kind`."""
+    from .data.arrays import load_array, resolve_kind
+
+    return resolve_kind(load_array(path, as_float=False), kind) in ("levels", "images")
 
 
 def _resolve_config(args):
@@ -42,6 +51,9 @@ def _resolve_config(args):
     if args.config and args.process:
         sets.insert(0, f"process.kind={args.process}")
     cfg = config.apply_overrides(cfg, sets)
+    if not args.config and (args.process or "gaussian") == "gaussian" and _holds_images(args.data, cfg.data.kind):
+        # Images (8-bit or continuous) train a U-Net by default, not the vectors' MLP.
+        cfg = config.apply_overrides(config.load(config_path(IMAGES_CONFIG)), sets)
     # File names and numbers are set as given, not through the --set value parser (which
     # would read a file named "x.npy", quotes included, as the string x.npy).
     data, train = {}, {}
@@ -127,8 +139,6 @@ def _load_test(args, cfg, model):
     """Held-out data (--data FILE, or the run's own held-out set), its exact density
     where known, and the run's training data for the Gaussian baseline (None, with a
     note, where they cannot be read)."""
-    import torch
-
     from . import data as data_mod
 
     try:
@@ -140,9 +150,10 @@ def _load_test(args, cfg, model):
         dataset = None
     train = dataset.train_continuous(cfg.train.seed) if dataset is not None else None
     if args.data:
-        from .data.arrays import load_array
-
-        y = torch.as_tensor(load_array(args.data), dtype=torch.float64)
+        # Read as the run's own array data are (8-bit images dequantised once, seeded
+        # as its held-out set is); other runs' files as stored.
+        kind = cfg.data.kind if cfg.data.name == "array" else ""
+        y = data_mod.read_held_out(args.data, kind, dequantize_seed=cfg.data.seed + data_mod.TEST_NOISE_SEED)
         return model.check_data(y, args.data), None, train
     return dataset.test, dataset.log_density, train
 

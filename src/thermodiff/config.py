@@ -36,6 +36,7 @@ def config_path(name: str) -> Path:
 class DataConfig:
     name: str = "swissroll"  # swissroll | mixture | heartbeat | array | mnist | cifar10 | imagefolder | deadleaves
     path: str = ""  # array: the training file (.npy, .npz, .csv)
+    kind: str = "auto"  # array: auto | vectors | levels (8-bit images) | images (continuous); see data/arrays.py
     root: str = ""  # mnist, cifar10, imagefolder: the folder holding the files
     binarize: str = ""  # mnist: threshold | stochastic (binary, binomial process); empty: 8-bit levels, dequantised
     test_path: str = ""  # array: held-out file; empty: hold out test_fraction of path

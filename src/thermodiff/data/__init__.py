@@ -12,6 +12,10 @@ from ..errors import ConfigError, DataError
 
 from pathlib import Path
 
+# The held-out images' one dequantisation draw is seeded data.seed + this (so that a
+# file given to `evaluate --data` is dequantised as the run's own held-out set is).
+TEST_NOISE_SEED = 2_000_003
+
 DATASETS = ("swissroll", "mixture", "heartbeat", "array", "mnist", "cifar10", "imagefolder", "deadleaves")
 
 
@@ -33,6 +37,7 @@ class Dataset:
     dequantize: bool = False
     validation: torch.Tensor | None = None  # (V, *D), dequantised once like test; None: no validation set
     validation_source: str = ""  # where the validation set came from, in words
+    kind: str = ""  # array files: how their values are read (data.kind, resolved: vectors, levels, images)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -86,9 +91,7 @@ def with_validation(ds: Dataset, cfg) -> Dataset:
     Shapes: ds.train (N, *D) -> train (N - V, *D), validation (V, *D).
     """
     if cfg.validation_path:
-        from .arrays import load_array
-
-        v = check_finite(torch.as_tensor(load_array(cfg.validation_path), dtype=torch.float64), cfg.validation_path)
+        v = read_held_out(cfg.validation_path, ds.kind, dequantize_seed=None)
         if tuple(v.shape[1:]) != ds.shape:
             raise DataError(f"{cfg.validation_path}: validation data have shape {tuple(v.shape[1:])}, "
                             f"training data {ds.shape}")
@@ -105,7 +108,7 @@ def with_validation(ds: Dataset, cfg) -> Dataset:
     else:
         return ds
     if ds.dequantize:
-        v = v + torch.rand(v.shape, generator=torch.Generator().manual_seed(cfg.seed + 3_000_017), dtype=torch.float64)
+        v = dequantize_once(v, cfg.seed + 3_000_017)
     return replace(ds, train=train, validation=v, validation_source=source)
 
 
@@ -168,35 +171,65 @@ def _load(cfg) -> Dataset:
         test = torch.as_tensor(deadleaves(cfg.n_test, size=cfg.size, seed=cfg.seed + 1_000_003))
         return Dataset(train, test, None)
     if cfg.name == "array":
-        from .arrays import load_array, split_holdout
+        from .arrays import interpret, load_array, split_holdout
 
         if not cfg.path:
             raise ConfigError("data.name = 'array' needs data.path (or --data FILE)")
-        x = load_array(cfg.path)
+        # The kind (vectors, 8-bit images, continuous images) is the training file's;
+        # a held-out file is read as the same kind.
+        x, kind = interpret(load_array(cfg.path, as_float=False), cfg.kind, cfg.path)
         if cfg.test_path:
-            train, test = x, load_array(cfg.test_path)
+            train, test = x, interpret(load_array(cfg.test_path, as_float=False), kind, cfg.test_path)[0]
             if test.shape[1:] != train.shape[1:]:
                 raise DataError(f"{cfg.test_path}: held-out data have shape {test.shape[1:]}, training data {train.shape[1:]}")
         else:
             train, test = split_holdout(x, cfg.test_fraction, cfg.seed)
         train = check_finite(torch.as_tensor(train, dtype=torch.float64), cfg.path)
         test = check_finite(torch.as_tensor(test, dtype=torch.float64), cfg.test_path or cfg.path)
-        return Dataset(train, test, None)
+        if kind == "levels":  # 8-bit images: dequantised like MNIST's, every row kept
+            return replace(_levels(train, test, cfg, cut=False), kind=kind)
+        return Dataset(train, test, None, kind=kind)
     raise ConfigError(f"unknown data set {cfg.name!r}; choose one of {', '.join(DATASETS)}")
 
 
-def _levels(train: torch.Tensor, test: torch.Tensor, cfg) -> Dataset:
+def _levels(train: torch.Tensor, test: torch.Tensor, cfg, cut: bool = True) -> Dataset:
     """8-bit images as integer levels: the held-out set dequantised once (seeded),
-    the training set per batch (``Dataset.dequantize``); n_train / n_test cut.
+    the training set per batch (``Dataset.dequantize``); with `cut`, n_train / n_test
+    cut (the named image sets; a user's array keeps every row).
 
     Shapes: train (N, C, H, W), test (M, C, H, W) with values 0..255.
     """
-    if cfg.n_train and cfg.n_train < train.shape[0]:
+    if cut and cfg.n_train and cfg.n_train < train.shape[0]:
         train = train[: cfg.n_train]
-    if cfg.n_test and cfg.n_test < test.shape[0]:
+    if cut and cfg.n_test and cfg.n_test < test.shape[0]:
         test = test[: cfg.n_test]
-    u = torch.rand(test.shape, generator=torch.Generator().manual_seed(cfg.seed + 2_000_003), dtype=torch.float64)
-    return Dataset(train, test + u, None, dequantize=True)
+    return Dataset(train, dequantize_once(test, cfg.seed + TEST_NOISE_SEED), None, dequantize=True)
+
+
+def dequantize_once(levels: torch.Tensor, seed: int) -> torch.Tensor:
+    """Integer levels plus one seeded uniform draw in [0, 1) each: held-out images as a
+    density on continuous values sees them. Shapes: (M, *D) -> (M, *D) float64."""
+    return levels + torch.rand(levels.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def read_held_out(path, kind: str, dequantize_seed: int | None) -> torch.Tensor:
+    """A file of held-out examples read as a run's data are (`kind`: data.kind, "auto"
+    deciding by the file itself; "" for data that are no array file: as stored;
+    "levels" are dequantised once with `dequantize_seed`, None: left as levels), checked
+    finite.
+
+    Shapes: returns (M, *D) float64.
+    """
+    from .arrays import interpret, load_array, resolve_kind
+
+    x = load_array(path, as_float=False)
+    if kind:
+        kind = resolve_kind(x, kind)
+        x = interpret(x, kind, str(path))[0]
+    x = check_finite(torch.as_tensor(x, dtype=torch.float64), str(path))
+    if kind == "levels" and dequantize_seed is not None:
+        x = dequantize_once(x, dequantize_seed)
+    return x
 
 
 def resolve_root(root: str) -> Path:

@@ -19,7 +19,11 @@ import numpy as np
 from thermodiff.atomic import atomic_write
 from thermodiff.errors import DataError, one_line
 
-__all__ = ["load_array", "save_array", "split_holdout", "SUPPORTED_EXTENSIONS"]
+__all__ = ["load_array", "save_array", "split_holdout", "interpret", "image_layout", "KINDS", "SUPPORTED_EXTENSIONS"]
+
+# How an array's values are read (data.kind): "auto" decides by dtype and shape.
+KINDS = ("auto", "vectors", "levels", "images")
+MAX_CHANNELS = 4
 
 SUPPORTED_EXTENSIONS = (".npy", ".npz", ".csv", ".txt")
 
@@ -168,7 +172,7 @@ def _read_text(path: Path, ext: str) -> np.ndarray:
         raise DataError(f"{path}: cannot parse text file ({one_line(exc)})") from None
 
 
-def _validate(path: Path, arr: np.ndarray) -> np.ndarray:
+def _validate(path: Path, arr: np.ndarray, as_float: bool = True) -> np.ndarray:
     if arr.dtype.fields is not None or not (
         np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)
     ):
@@ -181,6 +185,7 @@ def _validate(path: Path, arr: np.ndarray) -> np.ndarray:
         arr = arr[:, None]  # a 1-D array is N one-dimensional examples
     if arr.size == 0:
         raise DataError(f"{path}: array is empty (shape {arr.shape})")
+    stored = arr
     arr = np.ascontiguousarray(arr, dtype=np.float64)
     finite = np.isfinite(arr)
     if not finite.all():
@@ -189,11 +194,12 @@ def _validate(path: Path, arr: np.ndarray) -> np.ndarray:
         raise DataError(
             f"{path}: {n_bad} NaN or inf value(s) in {int(bad_rows.sum())} row(s), first at row {int(np.argmax(bad_rows))} (0-based)"
         )
-    return arr
+    return arr if as_float else stored
 
 
-def load_array(path: str | os.PathLike) -> np.ndarray:
-    """Load a data array, examples along the first axis, as float64.
+def load_array(path: str | os.PathLike, as_float: bool = True) -> np.ndarray:
+    """Load a data array, examples along the first axis, as float64 (`as_float` False:
+    in its stored dtype, which tells 8-bit images from others: ``interpret``).
 
     Formats: .npy; .npz (its only array, else the array named 'x' or 'data');
     .csv/.txt (comma-separated, or whitespace-separated for .txt; an optional first
@@ -217,7 +223,7 @@ def load_array(path: str | os.PathLike) -> np.ndarray:
         arr = _read_npz(path)
     else:
         arr = _read_text(path, ext)
-    return _validate(path, arr)
+    return _validate(path, arr, as_float)
 
 
 def split_holdout(x: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -290,3 +296,63 @@ def save_array(path: str | os.PathLike, x: np.ndarray) -> None:
             _write_payload(handle, ext, x)
     except OSError as exc:
         raise DataError(f"{path}: cannot write file ({one_line(exc)})") from None
+
+
+def image_layout(shape: tuple[int, ...]) -> str | None:
+    """How an array of this shape holds images: "NHW" (one channel), "NCHW" or "NHWC"
+    (1 to 4 channels; channels first where the second axis could be either), or None
+    (not images: vectors)."""
+    if len(shape) == 3:
+        return "NHW"
+    if len(shape) == 4:
+        if 1 <= shape[1] <= MAX_CHANNELS:
+            return "NCHW"
+        if 1 <= shape[3] <= MAX_CHANNELS:
+            return "NHWC"
+    return None
+
+
+def resolve_kind(x: np.ndarray, kind: str) -> str:
+    """data.kind for this array: "auto" is "levels" for uint8 images, "images" for other
+    images, "vectors" for the rest. Raises ConfigError for an unknown kind."""
+    from thermodiff.errors import ConfigError
+
+    if kind not in KINDS:
+        raise ConfigError(f"unknown data.kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if kind != "auto":
+        return kind
+    if image_layout(x.shape) is None:
+        return "vectors"
+    return "levels" if x.dtype == np.uint8 else "images"
+
+
+def interpret(x: np.ndarray, kind: str, what: str) -> tuple[np.ndarray, str]:
+    """The array as the model sees it, and its kind (``resolve_kind``).
+
+    - vectors: (N, D), any other shape flattened per example;
+    - levels: 8-bit images, integers 0..255 (the caller dequantises them), and
+    - images: continuous images, both as (N, C, H, W): (N, H, W) gains a channel axis,
+      (N, H, W, C) is moved to channels first.
+
+    Raises DataError naming `what` where the array cannot be what kind asks.
+
+    Shapes: x (N, ...) -> (N, D) or (N, C, H, W).
+    """
+    kind = resolve_kind(x, kind)
+    if kind == "vectors":
+        return (x.reshape(x.shape[0], -1) if x.ndim > 2 else x), kind
+    layout = image_layout(x.shape)
+    if layout is None:
+        raise DataError(f"{what}: an array of shape {x.shape} is not images (N, H, W), (N, C, H, W) or (N, H, W, C) "
+                        f"with C from 1 to {MAX_CHANNELS}; set data.kind = \"vectors\" to read it as vectors")
+    if layout == "NHW":
+        x = x[:, None]
+    elif layout == "NHWC":
+        x = np.moveaxis(x, 3, 1)
+    if kind == "levels":
+        if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x).all():
+            raise DataError(f"{what}: 8-bit images must be finite numbers")
+        if ((x < 0) | (x > 255) | (x != np.floor(x))).any():
+            raise DataError(f"{what}: data.kind = \"levels\" needs integers from 0 to 255 (8-bit images); "
+                            "set data.kind = \"images\" for continuous values")
+    return np.ascontiguousarray(x), kind

@@ -179,13 +179,17 @@ def cmd_evaluate(args) -> int:
     from .run_folder import load_run
 
     check_output("--json", args.json, folder=False)
-    cfg, model, meta = load_run(args.run, which=args.checkpoint)
+    if args.diffusers:
+        eval_cfg, model, meta, (y, log_density, train) = _diffusers_inputs(args)
+    else:
+        cfg, model, meta = load_run(_run_argument(args), which=args.checkpoint)
+        eval_cfg = config.replace(cfg, eval=_eval_overrides(args)).eval
     ranks = distributed.init(model.scaler.shift.device)  # under torchrun: the examples split across ranks
     print(f"weights: {meta['checkpoint']}")
     if ranks.world > 1:
         print(f"{ranks.world} processes: the held-out batches split across them")
-    eval_cfg = config.replace(cfg, eval=_eval_overrides(args)).eval
-    y, log_density, train = _load_test(args, cfg, model)
+    if not args.diffusers:
+        y, log_density, train = _load_test(args, cfg, model)
     started = time.perf_counter()
     record = evaluate_run(model, y, eval_cfg, log_density, progress=not args.quiet, sampler=meta["time_sampler"],
                           train=train, ode=args.ode)
@@ -198,8 +202,9 @@ def cmd_evaluate(args) -> int:
                  "iw_steps", "iw_n_examples")
     if args.ode:
         keys += ODE_KEYS
-    record["train_steps"] = meta["step"]
-    record["train_seconds"] = meta["train_seconds"]
+    for key in ("step", "train_seconds", "decoder"):
+        if meta.get(key) is not None:
+            record["train_steps" if key == "step" else key] = meta[key]
     record["checkpoint"] = meta["checkpoint"]
     # The evaluation's wall time on rank 0, which ends with every rank's results gathered:
     # no start-up, no data loading.
@@ -211,6 +216,39 @@ def cmd_evaluate(args) -> int:
         write_json(args.json, record)
         print(f"wrote {args.json}")
     return 0
+
+
+def _run_argument(args) -> str:
+    """RUN, which a command needs unless --diffusers names the model instead."""
+    if args.diffusers and args.run:
+        raise ConfigError("give a RUN or --diffusers DIR, not both")
+    if not args.run and not args.diffusers:
+        raise ConfigError("give a RUN folder (or --diffusers DIR: a diffusers model folder)")
+    return args.run
+
+
+DIFFUSERS_DECODER = ("improved DDPM's discretised Gaussian: the mass of the model's first-step Gaussian "
+                     "(variance beta_1) on each 8-bit level's bin")
+
+
+def _diffusers_inputs(args):
+    """What `evaluate --diffusers DIR --data FILE` scores: the eval config's defaults with
+    the flags, the model read from DIR, its description, and FILE as 8-bit images
+    dequantised once (seeded as thermodiff's own held-out images are)."""
+    from . import config
+    from . import data as data_mod
+    from . import diffusers_model
+
+    _run_argument(args)
+    if not args.data:
+        raise ConfigError("--diffusers needs --data FILE: the held-out 8-bit images (.npy/.npz, uint8)")
+    check_path("--data", args.data)
+    model = diffusers_model.load(args.diffusers)
+    eval_cfg = config.replace(config.Config(), eval=_eval_overrides(args)).eval
+    y = model.check_data(data_mod.read_held_out(args.data, "levels", config.DataConfig().seed + data_mod.TEST_NOISE_SEED),
+                         args.data)
+    meta = {"checkpoint": f"diffusers model {args.diffusers}", "time_sampler": None, "decoder": DIFFUSERS_DECODER}
+    return eval_cfg, model, meta, (y, None, None)
 
 
 def cmd_report(args) -> int:
@@ -249,7 +287,15 @@ def cmd_sample(args) -> int:
         raise ConfigError("--eta belongs to the ancestral chain's DDIM kernels; --solver ddim is its ODE (eta 0)")
     if args.grid is not None and args.solver == "ancestral":
         raise ConfigError("--grid sets the time grid of an ODE solver (--solver ddim, heun or dpm++)")
-    cfg, model, _ = load_run(args.run, which=args.checkpoint)
+    if args.diffusers:
+        from . import diffusers_model
+
+        _run_argument(args)
+        if not args.out:
+            raise ConfigError("--diffusers needs --out FILE.npy (there is no run folder to write into)")
+        model = diffusers_model.load(args.diffusers)
+    else:
+        cfg, model, _ = load_run(_run_argument(args), which=args.checkpoint)
     ranks = distributed.init(model.scaler.shift.device)
     if args.n < ranks.world:
         raise ConfigError(f"-n {args.n} is fewer samples than the {ranks.world} processes")
@@ -622,7 +668,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="the bound K on held-out data, term by term")
-    e.add_argument("run")
+    e.add_argument("run", nargs="?")
+    e.add_argument("--diffusers", metavar="DIR",
+                   help="evaluate a diffusers model folder (UNet2DModel and scheduler) instead of a RUN")
     e.add_argument("--data", help="held-out array (default: the run's held-out set)")
     e.add_argument("--json", help="write the record here")
     e.add_argument("--n-t", type=int, dest="n_t", help="diffusion times per example")
@@ -646,7 +694,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_report)
 
     s = sub.add_parser("sample", help="draw samples in the data's own units")
-    s.add_argument("run")
+    s.add_argument("run", nargs="?")
+    s.add_argument("--diffusers", metavar="DIR", help="sample a diffusers model folder instead of a RUN "
+                   "(8-bit levels, as floats)")
     s.add_argument("-n", type=int, required=True)
     s.add_argument("--out", help="output .npy (default RUN/samples.npy)")
     s.add_argument("--seed", type=int, default=0)

@@ -70,7 +70,7 @@ class ModelConfig:
     net: str = "mlp"  # mlp | rbf | sigmoid_mlp (width x depth sigmoid units) | unet | multiscale
     parametrization: str = "eps"  # paper | eps | x0 | v
     variance: str = "fixed-small"  # fixed-small | fixed-large | learned-range
-    decoder: str = "paper"  # paper (last step fixed to the forward kernel) | learned
+    decoder: str = "paper"  # paper (last step fixed to the forward kernel) | learned | discretized (8-bit levels)
     width: int = 256  # mlp, sigmoid_mlp; -1: from the training set's size (defaults.py)
     depth: int = 4
     time_dim: int = 64

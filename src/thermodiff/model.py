@@ -23,13 +23,17 @@ from . import parametrization, processes
 from .data import check_finite
 from .config import AUTO, AUTO_KEYS
 from .errors import ConfigError, DataError
-from .kernels import Kernel
+from .kernels import DiscretizedNormal, Kernel
 from .nets import build_net
 from .parametrization import Prediction
 from .schedules import ContinuousSchedule, DiscreteSchedule
 
 
 SCALINGS = ("global", "per-dim")
+# The decoder p(x_0 | x_1): the forward process's fixed last step (the paper's), the
+# reverse kernel's first step as a density (learned), or that Gaussian's mass on each
+# 8-bit level's bin (discretized, improved DDPM's; for dequantised levels).
+DECODERS = ("paper", "learned", "discretized")
 
 
 class AffineScaler(nn.Module):
@@ -120,7 +124,7 @@ class ModelSpec:
 
     parametrization: str = "eps"
     variance: str = "fixed-small"
-    decoder: str = "paper"  # paper: last step fixed to the forward kernel; learned
+    decoder: str = "paper"  # paper: last step fixed to the forward kernel; learned; discretized (8-bit levels)
 
 
 class DiffusionModel(nn.Module):
@@ -155,8 +159,8 @@ class DiffusionModel(nn.Module):
                 "continuous time needs parametrization eps, x0 or v with variance fixed-small "
                 "(as T -> infinity every other variance converges to it)"
             )
-        if spec.decoder not in ("paper", "learned"):
-            raise ConfigError(f"unknown decoder {spec.decoder!r}; choose paper or learned")
+        if spec.decoder not in DECODERS:
+            raise ConfigError(f"unknown decoder {spec.decoder!r}; choose {', '.join(DECODERS)}")
         self.net = net
         self.schedule = schedule
         self.spec = spec
@@ -256,7 +260,11 @@ class DiffusionModel(nn.Module):
         if self.spec.decoder == "paper" and bool((abar_s >= 1).all()):
             return self.process.fixed_decoder(x_t, abar_t)
         pred = self.predict(x_t, t, cond, abar_t, detach_mean)
-        return self.param.reverse(pred, x_t, abar_s, abar_t)
+        kernel = self.param.reverse(pred, x_t, abar_s, abar_t)
+        if self.spec.decoder == "discretized" and bool((abar_s >= 1).all()):
+            # 8-bit levels: the first step's Gaussian, its mass on each level's bin.
+            return DiscretizedNormal(kernel, self.scaler.shift, self.scaler.scale, x0=kernel.x0)
+        return kernel
 
     def time_grid(self, steps: int | None = None) -> torch.Tensor:
         """Network times of the chain's latents, first to last (``schedule.grid``); a

@@ -155,6 +155,19 @@ class DiscreteSchedule(nn.Module):
         else:
             self.register_buffer("fixed_betas", betas)
 
+    @classmethod
+    def from_betas(cls, betas: torch.Tensor) -> "DiscreteSchedule":
+        """A fixed schedule of the given betas (another library's, e.g. a diffusers
+        scheduler's), kind ``given``. Shapes: betas (T,) in (0, 1)."""
+        betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
+        if betas.numel() < 2 or not bool(((betas > 0) & (betas < 1)).all()):
+            raise ConfigError(f"a discrete schedule needs T >= 2 betas in (0, 1), got {betas.numel()} "
+                              f"in [{float(betas.min()):g}, {float(betas.max()):g}]")
+        schedule = cls("linear", int(betas.numel()))
+        schedule.kind = "given"
+        schedule.fixed_betas.copy_(betas)
+        return schedule
+
     def betas(self) -> torch.Tensor:
         """Shapes: returns (T,) float64; entry t - 1 is beta_t."""
         if self.kind == "learned":

@@ -242,6 +242,9 @@ def fit(cfg: config_mod.Config, data: Dataset, out: str | Path, progress: bool =
     tc = cfg.train
     lr_factor(tc.lr_schedule, 0.0, 0, 0)  # validate before anything is written
     check_objective(tc.objective, cfg.model.parametrization, cfg.process.kind)
+    if cfg.model.decoder == "discretized" and not data.dequantize:
+        raise ConfigError("model.decoder = 'discretized' puts mass on the bins of 8-bit levels; these data are not "
+                          "levels (uint8 images, MNIST, CIFAR-10, an image folder): choose learned or paper")
     ranks = distributed.init(select_device(tc.device))
     if tc.batch_size < ranks.world:
         raise ConfigError(f"train.batch_size = {tc.batch_size} is smaller than the {ranks.world} processes: "

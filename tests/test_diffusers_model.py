@@ -173,3 +173,20 @@ def test_the_command_line_errors_are_one_line(tmp_path, cli):
              "prediction_type 'flow' is not supported")
     assert not (tmp_path / "e.json").exists()
     one_line(cli("evaluate", "--diffusers", tmp_path / "q"), "--diffusers needs --data FILE")
+
+
+def test_the_vs_diffusers_bench_smoke(tmp_path, cli):
+    from conftest import MNIST_ROOT
+
+    if not MNIST_ROOT.exists():
+        pytest.skip(f"real MNIST not found at {MNIST_ROOT}")
+    r = cli("bench", "vs-diffusers", "--smoke", "--out", tmp_path / "b", "--json", tmp_path / "b.json")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((tmp_path / "b.json").read_text())
+    for side in ("diffusers", "thermodiff"):
+        for key in ("bits_per_dim", "stderr_bits_per_dim", "images_per_second", "sampling_ms_per_image", "train_steps"):
+            assert key in rec[side] and rec[side][key] > 0, (side, key)
+    assert rec["test_images"] == 64 and "bits_per_dim_ahead" in rec and "throughput_ratio" in rec
+    assert (tmp_path / "b" / "diffusers" / "model_index.json").is_file()
+    r = cli("bench", "vs-diffusers", "--smoke", "--out", tmp_path / "b")  # a trained folder is refused
+    assert r.returncode == 2 and "holds a trained run" in r.stderr

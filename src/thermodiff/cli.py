@@ -557,9 +557,11 @@ def cmd_bench(args) -> int:
         return _bench_inpaint(args)
     if args.name in ("ode-likelihood", "samplers"):
         return _bench_ode(args)
+    if args.name == "vs-diffusers":
+        return _bench_diffusers(args)
     if args.name not in BENCHMARKS:
         raise DataError(f"unknown benchmark {args.name!r}; choose one of {', '.join(BENCHMARKS)}, condition, "
-                        "inpaint-mnist, ode-likelihood, samplers")
+                        "inpaint-mnist, ode-likelihood, samplers, vs-diffusers")
     cfg = bench_config(args.name, smoke=args.smoke)
     out = Path(args.out) if args.out else Path("runs") / f"bench-{args.name}{'-smoke' if args.smoke else ''}"
     if args.name == "small-data":
@@ -575,6 +577,24 @@ def cmd_bench(args) -> int:
     if args.json:
         from .report import write_json
 
+        write_json(args.json, record)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _bench_diffusers(args) -> int:
+    """`bench vs-diffusers` (``bench_diffusers``): diffusers' recipe against thermodiff's."""
+    from . import diffusers_model
+    from .bench import device_name, git_commit
+    from .bench_diffusers import markdown, run
+    from .report import write_json
+
+    diffusers_model._import_diffusers()  # the extra, before anything is trained
+    out = Path(args.out) if args.out else Path("runs") / f"bench-vs-diffusers{'-smoke' if args.smoke else ''}"
+    record = run(out, smoke=args.smoke, progress=not args.quiet)
+    record.update(device=device_name(), commit=git_commit())
+    print(markdown(record), end="")
+    if args.json:
         write_json(args.json, record)
         print(f"wrote {args.json}")
     return 0

@@ -151,6 +151,16 @@ def test_a_saved_pipeline_is_evaluated_and_sampled_from_the_command_line(tmp_pat
             "--out", tmp_path / "s.npy")
     assert r.returncode == 0, r.stderr
     assert np.load(tmp_path / "s.npy").shape == (3, 1, 8, 8)
+    # Inpainting: the known half of an image stays as given.
+    mask = np.zeros((1, 8, 8))
+    mask[:, :4] = 1
+    np.save(tmp_path / "m.npy", mask)
+    np.save(tmp_path / "k.npy", images[:1].astype(np.float64))
+    r = cli("condition", "--diffusers", tmp_path / "p", "--known", tmp_path / "k.npy", "--mask", tmp_path / "m.npy",
+            "-n", 2, "--steps", 5, "--out", tmp_path / "c.npy")
+    assert r.returncode == 0, r.stderr
+    c = np.load(tmp_path / "c.npy")
+    assert c.shape == (2, 1, 8, 8) and np.allclose(c[:, 0, :4], images[0, :4])
 
 
 def test_the_command_line_errors_are_one_line(tmp_path, cli):

@@ -480,7 +480,13 @@ def cmd_condition(args) -> int:
         raise ConfigError("give --known FILE with --mask FILE (inpainting), or --observe FILE with --noise SIGMA")
     check_output("--out", args.out, folder=False)
     check_output("--figure", args.figure, folder=False)
-    cfg, model, _ = load_run(args.run, which=args.checkpoint)
+    if args.diffusers:
+        from . import diffusers_model
+
+        _run_argument(args)
+        cfg, model = None, diffusers_model.load(args.diffusers)
+    else:
+        cfg, model, _ = load_run(_run_argument(args), which=args.checkpoint)
     mask = _condition_array(args.mask, model, "mask") if args.mask else None
     if args.known is not None:
         if mask is None:
@@ -512,12 +518,16 @@ def cmd_condition(args) -> int:
     from . import data as data_mod
     from .report import condition_figure
 
-    try:
-        dataset = data_mod.load(cfg.data)  # the figure's background, value range and exact density
-        train = dataset.train
-    except ThermodiffError as exc:
-        train = dataset = None
-        print(f"thermodiff: no figure: the run's training data cannot be read ({exc})", file=sys.stderr)
+    train = dataset = None
+    if cfg is None:
+        print("thermodiff: no figure: a diffusers model has no training data to draw beside the samples",
+              file=sys.stderr)
+    else:
+        try:
+            dataset = data_mod.load(cfg.data)  # the figure's background, value range and exact density
+            train = dataset.train
+        except ThermodiffError as exc:
+            print(f"thermodiff: no figure: the run's training data cannot be read ({exc})", file=sys.stderr)
     if train is not None:
         what = "inpainting" if args.known is not None else f"observation, noise {args.noise:g}"
         drawn = condition_figure(model, figure, y.cpu(), shown, mask, train,
@@ -760,7 +770,8 @@ def build_parser() -> argparse.ArgumentParser:
     ip.set_defaults(func=cmd_interpolate)
 
     c = sub.add_parser("condition", help="samples of the model times r(x): inpainting, denoising (paper 2.5)")
-    c.add_argument("run")
+    c.add_argument("run", nargs="?")
+    c.add_argument("--diffusers", metavar="DIR", help="condition a diffusers model folder instead of a RUN")
     c.add_argument("--known", help="known values (.npy), the data's shape (one example, or one per sample)")
     c.add_argument("--mask", help="0/1 mask of the data's shape, 1 = known (with --observe: 1 = observed)")
     c.add_argument("--observe", help="a noisy observation y = x + noise (.npy), the data's shape")

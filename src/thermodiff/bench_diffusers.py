@@ -68,9 +68,9 @@ def train_diffusers(dataset, out: Path, budget: float, seed: int = 0) -> dict:
         if total is None and steps == 50:
             total = max(int(budget / ((time.perf_counter() - start) / 50)), RECIPE["warmup"] + 1)
         warm = min(1.0, (steps + 1) / RECIPE["warmup"])
-        progress_ = 0.0 if total is None else min(1.0, max(0.0, (steps - RECIPE["warmup"]) / (total - RECIPE["warmup"])))
+        done = 0.0 if total is None else min(1.0, max(0.0, (steps - RECIPE["warmup"]) / (total - RECIPE["warmup"])))
         for g in opt.param_groups:
-            g["lr"] = RECIPE["lr"] * (warm if steps < RECIPE["warmup"] else 0.5 * (1 + math.cos(math.pi * progress_)))
+            g["lr"] = RECIPE["lr"] * (warm if steps < RECIPE["warmup"] else 0.5 * (1 + math.cos(math.pi * done)))
         x0 = images[torch.randint(0, n, (b,), generator=gen)]
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, RECIPE["timesteps"], (b,), generator=gen)

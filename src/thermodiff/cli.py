@@ -176,20 +176,17 @@ def cmd_evaluate(args) -> int:
     from .evaluation import evaluate_run, iw_record
     from . import distributed
     from .report import write_json
-    from .run_folder import load_run
 
     check_output("--json", args.json, folder=False)
-    if args.diffusers:
-        eval_cfg, model, meta, (y, log_density, train) = _diffusers_inputs(args)
-    else:
-        cfg, model, meta = load_run(_run_argument(args), which=args.checkpoint)
-        eval_cfg = config.replace(cfg, eval=_eval_overrides(args)).eval
+    if args.diffusers and not args.data:
+        raise ConfigError("--diffusers needs --data FILE: the held-out 8-bit images (.npy/.npz, uint8)")
+    cfg, model, meta = _load_model(args)
+    eval_cfg = config.replace(cfg or config.Config(), eval=_eval_overrides(args)).eval
     ranks = distributed.init(model.scaler.shift.device)  # under torchrun: the examples split across ranks
     print(f"weights: {meta['checkpoint']}")
     if ranks.world > 1:
         print(f"{ranks.world} processes: the held-out batches split across them")
-    if not args.diffusers:
-        y, log_density, train = _load_test(args, cfg, model)
+    y, log_density, train = _load_test(args, cfg, model) if cfg is not None else (_diffusers_test(args, model), None, None)
     started = time.perf_counter()
     record = evaluate_run(model, y, eval_cfg, log_density, progress=not args.quiet, sampler=meta["time_sampler"],
                           train=train, ode=args.ode)
@@ -231,24 +228,30 @@ DIFFUSERS_DECODER = ("improved DDPM's discretised Gaussian: the mass of the mode
                      "(variance beta_1) on each 8-bit level's bin")
 
 
-def _diffusers_inputs(args):
-    """What `evaluate --diffusers DIR --data FILE` scores: the eval config's defaults with
-    the flags, the model read from DIR, its description, and FILE as 8-bit images
-    dequantised once (seeded as thermodiff's own held-out images are)."""
-    from . import config
-    from . import data as data_mod
+def _load_model(args):
+    """(config, model, metadata) of what a command works on: a RUN folder's weights
+    (``load_run``), or with --diffusers DIR a diffusers folder's model (config None)."""
+    from .run_folder import load_run
+
+    run = _run_argument(args)
+    if not args.diffusers:
+        return load_run(run, which=args.checkpoint)
     from . import diffusers_model
 
-    _run_argument(args)
-    if not args.data:
-        raise ConfigError("--diffusers needs --data FILE: the held-out 8-bit images (.npy/.npz, uint8)")
-    check_path("--data", args.data)
     model = diffusers_model.load(args.diffusers)
-    eval_cfg = config.replace(config.Config(), eval=_eval_overrides(args)).eval
-    y = model.check_data(data_mod.read_held_out(args.data, "levels", config.DataConfig().seed + data_mod.TEST_NOISE_SEED),
-                         args.data)
-    meta = {"checkpoint": f"diffusers model {args.diffusers}", "time_sampler": None, "decoder": DIFFUSERS_DECODER}
-    return eval_cfg, model, meta, (y, None, None)
+    return None, model, {"checkpoint": f"diffusers model {args.diffusers}", "time_sampler": None,
+                         "decoder": DIFFUSERS_DECODER}
+
+
+def _diffusers_test(args, model):
+    """--data FILE for a diffusers model: 8-bit images, dequantised once (seeded as
+    thermodiff's own held-out images are)."""
+    from . import config
+    from . import data as data_mod
+
+    check_path("--data", args.data)
+    y = data_mod.read_held_out(args.data, "levels", config.DataConfig().seed + data_mod.TEST_NOISE_SEED)
+    return model.check_data(y, args.data)
 
 
 def cmd_report(args) -> int:
@@ -280,22 +283,15 @@ def cmd_sample(args) -> int:
     from .data.arrays import save_array
     from .model import count_calls
     from .sampling.ancestral import sample
-    from .run_folder import load_run
 
     check_output("--out", args.out, folder=False)
     if args.solver != "ancestral" and args.eta is not None:
         raise ConfigError("--eta belongs to the ancestral chain's DDIM kernels; --solver ddim is its ODE (eta 0)")
     if args.grid is not None and args.solver == "ancestral":
         raise ConfigError("--grid sets the time grid of an ODE solver (--solver ddim, heun or dpm++)")
-    if args.diffusers:
-        from . import diffusers_model
-
-        _run_argument(args)
-        if not args.out:
-            raise ConfigError("--diffusers needs --out FILE.npy (there is no run folder to write into)")
-        model = diffusers_model.load(args.diffusers)
-    else:
-        cfg, model, _ = load_run(_run_argument(args), which=args.checkpoint)
+    if args.diffusers and not args.out:
+        raise ConfigError("--diffusers needs --out FILE.npy (there is no run folder to write into)")
+    cfg, model, _ = _load_model(args)
     ranks = distributed.init(model.scaler.shift.device)
     if args.n < ranks.world:
         raise ConfigError(f"-n {args.n} is fewer samples than the {ranks.world} processes")
@@ -474,19 +470,12 @@ def cmd_condition(args) -> int:
 
     from .data.arrays import save_array
     from .sampling.conditioning import GaussianObservation, Known, default_method, sample_conditioned
-    from .run_folder import load_run
 
     if (args.known is None) == (args.observe is None):
         raise ConfigError("give --known FILE with --mask FILE (inpainting), or --observe FILE with --noise SIGMA")
     check_output("--out", args.out, folder=False)
     check_output("--figure", args.figure, folder=False)
-    if args.diffusers:
-        from . import diffusers_model
-
-        _run_argument(args)
-        cfg, model = None, diffusers_model.load(args.diffusers)
-    else:
-        cfg, model, _ = load_run(_run_argument(args), which=args.checkpoint)
+    cfg, model, _ = _load_model(args)
     mask = _condition_array(args.mask, model, "mask") if args.mask else None
     if args.known is not None:
         if mask is None:

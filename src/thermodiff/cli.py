@@ -175,7 +175,6 @@ def cmd_evaluate(args) -> int:
     from . import config
     from .evaluation import evaluate_run, iw_record
     from . import distributed
-    from .report import write_json
 
     check_output("--json", args.json, folder=False)
     if args.diffusers and not args.data:
@@ -209,9 +208,8 @@ def cmd_evaluate(args) -> int:
     record["eval_processes"] = ranks.world
     keys += ("eval_seconds", "eval_processes")
     _print_record(record, keys)
-    if args.json and ranks.main:
-        write_json(args.json, record)
-        print(f"wrote {args.json}")
+    if ranks.main:
+        _write_record(args, record)
     return 0
 
 
@@ -262,6 +260,15 @@ def cmd_report(args) -> int:
                       eval_overrides=_eval_overrides(args), which=args.checkpoint, ode=args.ode)
     print(f"report: {path}")
     return 0
+
+
+def _write_record(args, record: dict) -> None:
+    """The command's JSON record to --json, where given, and a line saying so."""
+    if args.json:
+        from .report import write_json
+
+        write_json(args.json, record)
+        print(f"wrote {args.json}")
 
 
 def _print_record(record: dict, keys) -> None:
@@ -573,11 +580,7 @@ def cmd_bench(args) -> int:
                            "K_minus_L_null_bits", "bits_per_dim", "valid_fraction", "parzen_bits", "images_per_second",
                            "iw_bits_scaled", "iw_gap_bits",
                            "iw_gap_stderr_bits", "iw_M", "train_seconds", "device"))
-    if args.json:
-        from .report import write_json
-
-        write_json(args.json, record)
-        print(f"wrote {args.json}")
+    _write_record(args, record)
     return 0
 
 
@@ -586,16 +589,13 @@ def _bench_diffusers(args) -> int:
     from . import diffusers_model
     from .bench import device_name, git_commit
     from .bench_diffusers import markdown, run
-    from .report import write_json
 
     diffusers_model._import_diffusers()  # the extra, before anything is trained
     out = Path(args.out) if args.out else Path("runs") / f"bench-vs-diffusers{'-smoke' if args.smoke else ''}"
     record = run(out, smoke=args.smoke, progress=not args.quiet)
     record.update(device=device_name(), commit=git_commit())
     print(markdown(record), end="")
-    if args.json:
-        write_json(args.json, record)
-        print(f"wrote {args.json}")
+    _write_record(args, record)
     return 0
 
 
@@ -607,11 +607,7 @@ def _bench_condition(args) -> int:
     record = run(smoke=args.smoke, progress=not args.quiet)
     record.update(device=device_name(), commit=git_commit())
     print(markdown_table(record), end="")
-    if args.json:
-        from .report import write_json
-
-        write_json(args.json, record)
-        print(f"wrote {args.json}")
+    _write_record(args, record)
     return 0
 
 
@@ -619,7 +615,6 @@ def _bench_ode(args) -> int:
     """`bench ode-likelihood` and `bench samplers` (``bench_ode``): the ODE's likelihood
     and its samplers, on models trained here or given (--run, --mixture-run, --mnist-run)."""
     from .bench_ode import markdown, run_ode_likelihood, run_samplers
-    from .report import write_json
 
     for flag, path in (("--run", args.run), ("--mixture-run", args.mixture_run), ("--mnist-run", args.mnist_run)):
         check_path(flag, path)
@@ -635,9 +630,7 @@ def _bench_ode(args) -> int:
     for case in record.get("cases", {}).values():
         if case.get("ode_above_exact"):
             print(f"thermodiff: warning: {case['ode_warning']}", file=sys.stderr)
-    if args.json:
-        write_json(args.json, record)
-        print(f"wrote {args.json}")
+    _write_record(args, record)
     return 0
 
 
@@ -645,7 +638,6 @@ def _bench_inpaint(args) -> int:
     """`bench inpaint-mnist --run RUN`: inpainting half images with a trained binary-image run."""
     from .bench import device_name, git_commit
     from .bench_conditioning import inpaint_images
-    from .report import write_json
 
     if not args.run:
         raise ConfigError("bench inpaint-mnist needs --run RUN, a binary image run (thermodiff bench binary-mnist)")
@@ -656,9 +648,7 @@ def _bench_inpaint(args) -> int:
     record.update(device=device_name(), commit=git_commit())
     _print_record(record, ("error_model_sample", "error_model_majority", "error_mean_fill", "error_nearest_neighbour",
                            "n_images", "sampling_steps", "sampling_seconds", "figure"))
-    if args.json:
-        write_json(args.json, record)
-        print(f"wrote {args.json}")
+    _write_record(args, record)
     return 0
 
 

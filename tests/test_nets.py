@@ -185,7 +185,7 @@ def test_build_net():
     assert isinstance(rbf, RBFNet) and rbf.hidden == 5
     assert build_net("mlp", 3, 6, T, **SMALL_MLP)(*_inputs(7, 3)).shape == (7, 6)
     assert "fourier_min_exponent" in net_options("mlp")
-    assert set(net_options("rbf")) == {"hidden", "init_width"}
+    assert set(net_options("rbf")) == {"hidden", "init_width", "num_classes"}
 
 
 @pytest.mark.parametrize(

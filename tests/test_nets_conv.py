@@ -259,7 +259,7 @@ def test_sigmoid_mlp_readout_is_per_step():
 def test_build_sigmoid_mlp():
     net = build_net("sigmoid_mlp", 5, 5, 40, hidden=7, depth=2)
     assert isinstance(net, SigmoidMLP) and net.hidden == 7 and net.depth == 2
-    assert set(net_options("sigmoid_mlp")) == {"hidden", "depth"}
+    assert set(net_options("sigmoid_mlp")) == {"hidden", "depth", "num_classes"}
     x = torch.rand(3, 5)
     assert net(x, torch.tensor([0.0, 0.5, 1.0])).shape == (3, 5)
     for bad in (dict(hidden=0), dict(depth=0), dict(width=8), dict(hidden="50")):

@@ -211,7 +211,7 @@ def test_build_multiscale():
     assert net.out_channels == 6 and net.image_shape == (3, 8, 8) and net.n_bumps == 4
     assert net(*_inputs(2, 3 * 8 * 8)).shape == (2, 6 * 8 * 8)
     assert set(net_options("multiscale")) == {
-        "image_shape", "channels", "conv_layers", "dense_layers", "n_scales", "kernel_size", "n_bumps"
+        "image_shape", "channels", "conv_layers", "dense_layers", "n_scales", "kernel_size", "n_bumps", "num_classes"
     }
     for bad in (dict(), dict(image_shape=(1, 8, 8), widht=8), dict(image_shape=(1, 8, 8), channels="8")):
         with pytest.raises(ConfigError) as info:

@@ -40,6 +40,8 @@ class DataConfig:
     root: str = ""  # mnist, cifar10, imagefolder: the folder holding the files
     binarize: str = ""  # mnist: threshold | stochastic (binary, binomial process); empty: 8-bit levels, dequantised
     test_path: str = ""  # array: held-out file; empty: hold out test_fraction of path
+    labels: str = ""  # array: class labels of path's examples (.npy, or a one-column .csv of integers or strings)
+    test_labels: str = ""  # array: class labels of test_path's examples
     test_fraction: float = 0.1
     validation_fraction: float = 0.0  # share of the training examples held out to monitor training; 0: none
     scaling: str = "global"  # continuous data: global (one scale, the paper's) | per-dim (each dimension to variance 1)
@@ -86,12 +88,15 @@ class ModelConfig:
     conv_layers: int = 2  # multiscale: multi-scale convolution layers
     dense_layers: int = 2  # multiscale: per-pixel tanh layers
     n_bumps: int = 16  # multiscale: Gaussian bumps of the time readout (paper eq. 62-63)
+    num_classes: int = 0  # class-conditional model (a learned null class besides); 0: unconditional; -1: from the labels
+    class_names: tuple[str, ...] = ()  # what each class index means: chosen from the data's labels when training starts
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     objective: str = "bound"  # bound | simple | hybrid
     hybrid_lambda: float = 0.001
+    label_dropout: float = 0.1  # conditional models: share of examples trained with the null class (learns p(x))
     t_sampling: str = "importance"  # uniform | importance
     t_bins: int = 100  # continuous time: bins of the importance sampler
     batch_size: int = 512
@@ -180,7 +185,9 @@ RANGES = {
     "model.conv_layers": _AT_LEAST_1,
     "model.dense_layers": _AT_LEAST_1,
     "model.n_bumps": _AT_LEAST_1,
+    "model.num_classes": (-1, None, False, False),
     "train.hybrid_lambda": _AT_LEAST_0,
+    "train.label_dropout": _FRACTION,
     "train.t_bins": _AT_LEAST_1,
     "train.batch_size": _AT_LEAST_1,
     "train.steps": _AT_LEAST_1,
@@ -281,7 +288,8 @@ def validate(cfg: Config) -> Config:
         for f in dataclasses.fields(sub):
             key = f"{section.name}.{f.name}"
             value = getattr(sub, f.name)
-            if isinstance(value, (str, bool)):
+            if isinstance(value, (str, bool)) or (isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+                                                  and key not in RANGES):
                 continue
             rng = RANGES[key]
             integer = f.type != "float"
@@ -319,6 +327,10 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
         value = tuple(value) if ok else value
         name = "list of integers"
+    elif name == "tuple[str, ...]":
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+        value = tuple(value) if ok else value
+        name = "list of strings"
     else:  # pragma: no cover - only the types above are used
         raise TypeError(name)
     if not ok:

@@ -9,6 +9,8 @@ The same split holds for the binomial process (binary data), with Bernoulli KLs 
 the prior B(1/2); only discrete time there.
 Terms are in nats on the model's (scaled) data; ``summarize`` converts to bits once and
 adds the Jacobian of the data scaling for figures in the data's own units.
+For a class-conditional model every function takes ``cond``, the labels (B,) of the
+examples (the null class: the bound on log p(x)); None is the null class.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ class BoundTerms:
     reconstruction: torch.Tensor  # (B,)
     per_t: torch.Tensor | None = None  # (B, n)
     t: torch.Tensor | None = None  # (n,) time of each per_t column, in [0, 1]
+    # The diffusion term's estimate from each of the n_t draws (time and noise) alone:
+    # their mean is ``diffusion``. For the spread of comparisons that share the draws.
+    draws: torch.Tensor | None = None  # (B, n_t)
 
     @property
     def nll(self) -> torch.Tensor:
@@ -45,23 +50,23 @@ class BoundTerms:
         return self.prior + self.diffusion + self.reconstruction
 
 
-def kl_term(model: DiffusionModel, x0, i, noise, detach_mean: bool = False) -> torch.Tensor:
+def kl_term(model: DiffusionModel, x0, i, noise, detach_mean: bool = False, cond=None) -> torch.Tensor:
     """KL(q(x_{i-1} | x_i, x_0) || p(x_{i-1} | x_i)) at one sampled x_i, nats (discrete time).
 
     noise is the process's (``process.noise``): the posterior and the reverse kernel are
     the same kernels the sampler draws from. detach_mean stops the gradient through the
     kernel's mean (the hybrid objective trains only the variance on the bound).
 
-    Shapes: x0, noise (B, *D), i (B,) long in 2..T -> (B,).
+    Shapes: x0, noise (B, *D), i (B,) long in 2..T, cond (B,) or None -> (B,).
     """
     abar = model.schedule.abar()
     abar_t, abar_s = abar[i], abar[i - 1]
     x_t = model.process.q_sample(x0, abar_t, noise)
-    p = model.reverse(x_t, i.to(torch.float64) / model.schedule.T, abar_s, abar_t, detach_mean=detach_mean)
+    p = model.reverse(x_t, i.to(torch.float64) / model.schedule.T, abar_s, abar_t, cond, detach_mean=detach_mean)
     return model.process.posterior(x_t, x0, abar_s, abar_t).kl(p)
 
 
-def diffusion_integrand(model: DiffusionModel, x0, t, eps) -> torch.Tensor:
+def diffusion_integrand(model: DiffusionModel, x0, t, eps, cond=None) -> torch.Tensor:
     """The continuous-time diffusion loss at t, less its analytic reference part, nats.
 
     The diffusion term is 1/2 int_0^1 gamma'(t) E|eps - eps_hat(x_t, t)|^2 dt (VDM), the
@@ -73,12 +78,12 @@ def diffusion_integrand(model: DiffusionModel, x0, t, eps) -> torch.Tensor:
     noise relative to the data's structure) or where the reference is already right
     (high noise), both squares carry the same chi-square noise and it cancels.
 
-    Shapes: x0, eps (B, *D), t (B,) in [0, 1] -> (B,) float64.
+    Shapes: x0, eps (B, *D), t (B,) in [0, 1], cond (B,) or None -> (B,) float64.
     """
     gamma, dgamma = model.schedule.gamma_and_derivative(t, create_graph=torch.is_grad_enabled())
     abar_t = torch.sigmoid(-gamma)
     x_t = model.process.q_sample(x0, abar_t, eps)
-    eps_hat = model.predict(x_t, t, abar_t=abar_t).eps
+    eps_hat = model.predict(x_t, t, cond, abar_t=abar_t).eps
     eps_ref = expand_as((1 - abar_t).sqrt(), x_t) * x_t
     # |e - a|^2 - |e - b|^2 = (b - a).(2e - a - b): no cancellation of two large squares.
     diff = sum_dims(((eps_ref - eps_hat) * (2 * eps - eps_hat - eps_ref)).to(torch.float64))
@@ -105,13 +110,13 @@ def reference_diffusion(x0, gamma_lo, gamma_hi) -> torch.Tensor:
     return 0.5 * (x0[0].numel() * (f_hi - f_lo) + sq * (g_hi - g_lo))
 
 
-def reconstruction_term(model: DiffusionModel, x0, noise) -> torch.Tensor:
+def reconstruction_term(model: DiffusionModel, x0, noise, cond=None) -> torch.Tensor:
     """-E_q log p(x_0 | x_1), nats.
 
     ``paper`` decoder: the last step fixed to the forward kernel (App. B.2), analytic.
     ``learned`` decoder: the reverse kernel at the first step, one MC sample of x_1.
 
-    Shapes: x0, noise (B, *D) -> (B,) float64.
+    Shapes: x0, noise (B, *D), cond (B,) or None -> (B,) float64.
     """
     b = x0.shape[0]
     abar_1 = model.schedule.abar_first().expand(b)
@@ -121,7 +126,7 @@ def reconstruction_term(model: DiffusionModel, x0, noise) -> torch.Tensor:
     t_1 = torch.full((b,), model.schedule.t_first).to(x0.device)
     # In the data's precision (as the diffusion terms are); the decoder is a Normal or a
     # Bernoulli, whose log-probability is float64 whatever is asked.
-    return -model.reverse(x_1, t_1, torch.ones_like(abar_1), abar_1).log_prob(x0, dtype=None)
+    return -model.reverse(x_1, t_1, torch.ones_like(abar_1), abar_1, cond).log_prob(x0, dtype=None)
 
 
 def prior_term(model: DiffusionModel, x0) -> torch.Tensor:
@@ -130,7 +135,8 @@ def prior_term(model: DiffusionModel, x0) -> torch.Tensor:
     return model.process.prior_kl(x0.to(torch.float64), abar_T)
 
 
-def bound_terms(model: DiffusionModel, x0: torch.Tensor, n_t: int, generator: torch.Generator, sampler=None) -> BoundTerms:
+def bound_terms(model: DiffusionModel, x0: torch.Tensor, n_t: int, generator: torch.Generator, sampler=None,
+                cond=None) -> BoundTerms:
     """-K's terms for a batch, with the diffusion term estimated at n_t times per example.
 
     Discrete time with T - 1 <= n_t: every step t = 2..T once (one x_t per step).
@@ -139,7 +145,11 @@ def bound_terms(model: DiffusionModel, x0: torch.Tensor, n_t: int, generator: to
     continuous time), or n_t strata of the steps 2..T (discrete). per_t holds unbiased
     estimates of each step's or time bin's contribution.
 
-    Shapes: x0 (B, *D) -> BoundTerms with (B,) fields and per_t (B, n).
+    The draws (times and noise) depend only on the generator and x0's shape, never on
+    cond: the same generator state gives every class of an example the same draws.
+
+    Shapes: x0 (B, *D), cond (B,) or None -> BoundTerms with (B,) fields, per_t (B, n)
+    and draws (B, n).
     """
     b = x0.shape[0]
     dev = x0.device
@@ -151,9 +161,11 @@ def bound_terms(model: DiffusionModel, x0: torch.Tensor, n_t: int, generator: to
         bins, pos, weight = sampler.quantile(u.reshape(-1))
         t = ((bins + pos) / k).to(dev)
         eps = noise((b * n_t,) + x0.shape[1:], generator, dev)
-        resid = diffusion_integrand(model, x0.repeat_interleave(n_t, 0), t, eps) * weight.to(dev) / n_t
+        rep = None if cond is None else cond.to(dev).repeat_interleave(n_t, 0)
+        resid = diffusion_integrand(model, x0.repeat_interleave(n_t, 0), t, eps, rep) * weight.to(dev) / n_t
         edges = model.schedule.gamma(torch.linspace(0, 1, k + 1, dtype=torch.float64, device=dev))
         vals = reference_diffusion(x0, edges[:-1], edges[1:])  # (B, k), exact
+        draws = vals.sum(1, keepdim=True) + n_t * resid.reshape(b, n_t)
         vals = vals.scatter_add(1, bins.to(dev).reshape(b, n_t), resid.reshape(b, n_t))
         centres = (torch.arange(k, dtype=torch.float64) + 0.5) / k
     else:
@@ -174,15 +186,18 @@ def bound_terms(model: DiffusionModel, x0: torch.Tensor, n_t: int, generator: to
             weight = width.to(dev)
             centres = (lo + 2 + (width - 1) / 2) / T  # middle step of each stratum
         eps = noise((b * n,) + x0.shape[1:], generator, dev)
-        kl = kl_term(model, x0.repeat_interleave(n, 0), i.reshape(-1), eps).reshape(b, n)
+        kl = kl_term(model, x0.repeat_interleave(n, 0), i.reshape(-1), eps,
+                     cond=None if cond is None else cond.to(dev).repeat_interleave(n, 0)).reshape(b, n)
         vals = kl.to(torch.float64) * weight
+        draws = vals * n
     eps0 = noise(x0.shape, generator, dev)
     return BoundTerms(
         prior=prior_term(model, x0),
         diffusion=vals.sum(1),
-        reconstruction=reconstruction_term(model, x0, eps0),
+        reconstruction=reconstruction_term(model, x0, eps0, None if cond is None else cond.to(dev)),
         per_t=vals,
         t=centres,
+        draws=draws,
     )
 
 
@@ -195,14 +210,18 @@ def evaluate(
     seed: int = 0,
     progress: bool = False,
     sampler=None,
+    labels: torch.Tensor | int | None = None,
 ) -> BoundTerms:
     """-K's terms on data y in the data's own units, batched, on the model's device.
 
     batch_size counts network evaluations: about batch_size // n_t examples a batch.
     sampler: the run's time sampler, whose learned proposal lowers the variance of the
-    continuous-time estimate (uniform when None).
+    continuous-time estimate (uniform when None). labels: a conditional model's class
+    per example (the bound on log p(x | y)), one class for every example, or None (the
+    null class: log p(x)); the draws are the same whatever the labels.
 
-    Shapes: y (N, *D) -> BoundTerms with (N,) fields, per_t (N, n).
+    Shapes: y (N, *D), labels (N,) int64, an int or None -> BoundTerms with (N,)
+    fields, per_t (N, n), draws (N, n_t).
     """
     model.eval()
     dev = next(model.parameters()).device
@@ -218,7 +237,12 @@ def evaluate(
     def chunk(k: int) -> BoundTerms:
         # Batch k draws from stream k of the seed, whichever rank computes it.
         x0 = model.scaler(y[starts[k] : starts[k] + per_batch]).to(dev)
-        terms = bound_terms(model, x0, n_t, distributed.stream(seed, k), sampler)
+        cond = None
+        if isinstance(labels, int):
+            cond = torch.full((x0.shape[0],), labels, dtype=torch.long)
+        elif labels is not None:
+            cond = labels[starts[k] : starts[k] + per_batch]
+        terms = bound_terms(model, x0, n_t, distributed.stream(seed, k), sampler, cond)
         if bar is not None:
             bar.update(1)
         return terms
@@ -232,6 +256,7 @@ def evaluate(
         reconstruction=torch.cat([p.reconstruction.cpu() for p in parts]),
         per_t=torch.cat([p.per_t.cpu() for p in parts]),
         t=parts[0].t,
+        draws=torch.cat([p.draws.cpu() for p in parts]),
     )
 
 

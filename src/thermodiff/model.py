@@ -135,9 +135,11 @@ class DiffusionModel(nn.Module):
     rate of ones for the null model L_null), or a process object.
     Time: the network sees t in [0, 1]; step i of a discrete schedule is t = i / T, and
     in continuous time the first latent sits at t = 0 (``schedules``).
-    cond: an optional conditioning input (labels, or None) passed through to the
-    network; None calls the network as net(x, t). scaling: the data map's scale,
-    ``global`` (one, the paper's) or ``per-dim`` (``AffineScaler``).
+    cond: class labels (B,) int64 in 0..num_classes, the last being the null class
+    ("no label"), for a class-conditional model (num_classes > 0), passed through to
+    the network; None calls the network as net(x, t), which a conditional network
+    reads as the null class (p(x)). scaling: the data map's scale, ``global`` (one,
+    the paper's) or ``per-dim`` (``AffineScaler``).
     """
 
     def __init__(
@@ -149,8 +151,10 @@ class DiffusionModel(nn.Module):
         channels: int | None = None,
         process="gaussian",
         scaling: str = "global",
+        num_classes: int = 0,
     ):
         super().__init__()
+        self.num_classes = int(num_classes)
         self.process = processes.get(process) if isinstance(process, str) else process
         self.param = parametrization.resolve(spec.parametrization, spec.variance, self.process.name)
         self.process.check_schedule(schedule.continuous, schedule.kind)
@@ -170,6 +174,11 @@ class DiffusionModel(nn.Module):
             raise ConfigError(f"unknown data.scaling {scaling!r}; choose global or per-dim")
         self.scaler = AffineScaler(self.data_shape, per_dim=scaling == "per-dim")
         self.process.register_buffers(self)
+
+    @property
+    def null_class(self) -> int:
+        """The label index of "no label" (p(x)) in a conditional model. Shapes: none."""
+        return self.num_classes
 
     @property
     def net_dtype(self) -> torch.dtype | None:
@@ -377,6 +386,12 @@ def build_model(cfg, data_shape: tuple[int, ...]) -> DiffusionModel:
         )
     else:
         options = {}
+    if m.num_classes == AUTO:
+        raise ConfigError("model.num_classes = -1 is chosen from the training labels when training starts; "
+                          "give a value to build a model without training")
+    if m.num_classes:
+        options["num_classes"] = m.num_classes
     net = build_net(m.net, n, channels * n, cfg.process.T, **options)
     spec = ModelSpec(m.parametrization, m.variance, m.decoder)
-    return DiffusionModel(net, schedule, spec, data_shape, channels, cfg.process.kind, cfg.data.scaling)
+    return DiffusionModel(net, schedule, spec, data_shape, channels, cfg.process.kind, cfg.data.scaling,
+                          num_classes=m.num_classes)

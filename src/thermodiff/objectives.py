@@ -40,12 +40,12 @@ def make_time_sampler(model: DiffusionModel, t_sampling: str, n_bins: int = 100)
     return TimeSampler(model.schedule.n_bins(n_bins), importance=t_sampling == "importance")
 
 
-def bound_loss(model: DiffusionModel, x0, sampler: TimeSampler, generator, detach_mean: bool = False):
+def bound_loss(model: DiffusionModel, x0, sampler: TimeSampler, generator, detach_mean: bool = False, cond=None):
     """Unbiased one-sample estimate of -K per example, nats.
 
     Returns the loss and (bins, unweighted diffusion terms) for the time sampler.
 
-    Shapes: x0 (B, *D) -> (B,) float64.
+    Shapes: x0 (B, *D), cond (B,) labels or None -> (B,) float64.
     """
     b = x0.shape[0]
     dev = x0.device
@@ -57,40 +57,42 @@ def bound_loss(model: DiffusionModel, x0, sampler: TimeSampler, generator, detac
     eps = model.process.noise(x0.shape, generator, dev)
     sched = model.schedule
     if sched.continuous:
-        term = diffusion_integrand(model, x0, when.to(dev), eps)
+        term = diffusion_integrand(model, x0, when.to(dev), eps, cond)
         known = reference_diffusion(x0, sched.gamma_min, sched.gamma_max)  # the control variate's mean
     else:
-        term = kl_term(model, x0, when.to(dev), eps, detach_mean=detach_mean).to(torch.float64)
+        term = kl_term(model, x0, when.to(dev), eps, detach_mean=detach_mean, cond=cond).to(torch.float64)
         known = 0.0
     # The prior and reconstruction terms are kept even where they are constant: they
     # depend on a learned schedule's endpoints, and the loss then reads as -K.
     eps0 = model.process.noise(x0.shape, generator, dev)
-    loss = prior_term(model, x0) + known + term * weight.to(dev) + reconstruction_term(model, x0, eps0)
+    loss = prior_term(model, x0) + known + term * weight.to(dev) + reconstruction_term(model, x0, eps0, cond)
     return loss, (bins, term)
 
 
-def simple_loss(model: DiffusionModel, x0, generator) -> torch.Tensor:
+def simple_loss(model: DiffusionModel, x0, generator, cond=None) -> torch.Tensor:
     """DDPM's L_simple: mean squared error of the prediction at a uniform time.
 
-    Shapes: x0 (B, *D) -> (B,).
+    Shapes: x0 (B, *D), cond (B,) labels or None -> (B,).
     """
     eps = torch.randn(x0.shape, generator=generator).to(x0.device)
     t, abar_t = model.schedule.uniform_times(x0.shape[0], generator, x0.device)
     x_t = model.process.q_sample(x0, abar_t, eps)
-    pred = model.predict(x_t, t, abar_t=abar_t)
+    pred = model.predict(x_t, t, cond, abar_t=abar_t)
     goal = model.param.target(x0, eps, abar_t)
     return sum_dims((pred.native - goal) ** 2) / pred.native[0].numel()
 
 
-def loss_per_example(model: DiffusionModel, objective: str, x0, sampler, generator, hybrid_lambda: float = 1e-3):
-    """The training loss per example for the named objective.
+def loss_per_example(model: DiffusionModel, objective: str, x0, sampler, generator, hybrid_lambda: float = 1e-3,
+                     cond=None):
+    """The training loss per example for the named objective (cond: a conditional
+    model's labels, the null class where dropped).
 
-    Shapes: x0 (B, *D) -> loss (B,), and the time sampler's (bins, terms) or None.
+    Shapes: x0 (B, *D), cond (B,) or None -> loss (B,), and the time sampler's (bins, terms) or None.
     """
     check_objective(objective, model.spec.parametrization, model.process.name)
     if objective == "bound":
-        return bound_loss(model, x0, sampler, generator)
+        return bound_loss(model, x0, sampler, generator, cond=cond)
     if objective == "simple":
-        return simple_loss(model, x0, generator), None
-    vb, info = bound_loss(model, x0, sampler, generator, detach_mean=True)  # hybrid
-    return simple_loss(model, x0, generator) + hybrid_lambda * vb, info
+        return simple_loss(model, x0, generator, cond), None
+    vb, info = bound_loss(model, x0, sampler, generator, detach_mean=True, cond=cond)  # hybrid
+    return simple_loss(model, x0, generator, cond) + hybrid_lambda * vb, info

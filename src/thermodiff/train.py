@@ -106,14 +106,15 @@ def make_optimizer(model: nn.Module, cfg_train) -> tuple[torch.optim.AdamW, Aver
 class Objective(nn.Module):
     """The training loss of a DiffusionModel per example, with times from `sampler`.
 
-    forward(x0, generator) -> (loss (B,) nats, the time sampler's (bins, terms) or None),
-    drawing from `generator` in a fixed order. Every parameter the loss depends on is
+    forward(x0, generator, cond=None) -> (loss (B,) nats, the time sampler's (bins, terms)
+    or None), drawing from `generator` in a fixed order; cond: a conditional model's
+    labels (B,) (the null class where dropped). Every parameter the loss depends on is
     reached in this one forward and ``loss.mean().backward()`` gives every gradient: a
     learned continuous schedule's interior gets VDM's variance gradient E[L dL/dtheta]
     from that same backward (``variance_gradient``), so DistributedDataParallel can wrap
     this module.
 
-    Shapes: x0 (B, *D) scaled data.
+    Shapes: x0 (B, *D) scaled data, cond (B,) int64 or None.
     """
 
     def __init__(self, model: DiffusionModel, objective: str, sampler: TimeSampler, hybrid_lambda: float = 1e-3):
@@ -123,15 +124,17 @@ class Objective(nn.Module):
         self.sampler = sampler
         self.hybrid_lambda = hybrid_lambda
 
-    def forward(self, x0: torch.Tensor, generator: torch.Generator):
+    def forward(self, x0: torch.Tensor, generator: torch.Generator, cond: torch.Tensor | None = None):
         with weighted_by_loss() as weights:
-            loss, stats = loss_per_example(self.model, self.objective, x0, self.sampler, generator, self.hybrid_lambda)
+            loss, stats = loss_per_example(self.model, self.objective, x0, self.sampler, generator, self.hybrid_lambda,
+                                           cond)
         weights.set(loss)  # read in the backward: the interior's gradient, per example, times the loss
         return loss, stats
 
 
 def train_step(objective: nn.Module, optimizer: torch.optim.Optimizer, x0: torch.Tensor, cfg_train, sampler: TimeSampler,
-               generator: torch.Generator, precision: torch.dtype | None = None, global_batch: int | None = None) -> dict:
+               generator: torch.Generator, precision: torch.dtype | None = None, global_batch: int | None = None,
+               cond: torch.Tensor | None = None) -> dict:
     """One optimisation step on a batch of scaled data: the forward (under autocast where
     `precision` names a dtype), one backward, clipping, the optimiser's step, and the
     time sampler's update from the batch's terms.
@@ -141,9 +144,10 @@ def train_step(objective: nn.Module, optimizer: torch.optim.Optimizer, x0: torch
     global_batch: under several ranks (``distributed``), the batch of the whole step, of
     which x0 is this rank's share (None: x0 is all of it). The gradient is then that of
     the global batch's mean loss, the time sampler records every rank's terms, and the
-    loss returned is the global mean, the same on every rank.
+    loss returned is the global mean, the same on every rank. cond: a conditional
+    model's labels for x0 (the null class where dropped), else None.
 
-    Shapes: x0 (B, *D).
+    Shapes: x0 (B, *D), cond (B,) int64 or None.
     """
     if isinstance(objective, DiffusionModel):
         objective = Objective(objective, cfg_train.objective, sampler, cfg_train.hybrid_lambda)
@@ -152,7 +156,7 @@ def train_step(objective: nn.Module, optimizer: torch.optim.Optimizer, x0: torch
     # Mixed precision for the forward alone: the network's matmuls and convolutions run
     # in bf16, while float64 (the schedule, the bound's terms) is left alone by autocast.
     with nullcontext() if precision is None else torch.autocast(x0.device.type, dtype=precision):
-        loss, stats = objective(x0, generator)
+        loss, stats = objective(x0, generator, cond)
     optimizer.zero_grad(set_to_none=True)
     # DistributedDataParallel averages the ranks' gradients; weighting each rank's mean
     # by its share of the global batch makes that average the gradient of the global
@@ -174,6 +178,31 @@ def train_step(objective: nn.Module, optimizer: torch.optim.Optimizer, x0: torch
     if moments is not None:
         sampler.add_moments(packed[1:].reshape(moments.shape))
     return {"loss": float(packed[0]) / n, "grad_norm": grad_norm}
+
+
+def with_classes(cfg: config_mod.Config, data: Dataset) -> config_mod.Config:
+    """cfg with a conditional model's classes taken from the data's labels:
+    model.num_classes (-1: as many as the labels name) and model.class_names. An
+    unconditional config (num_classes = 0) is returned as it is, labels or none.
+
+    Raises ConfigError where the data have no labels or their classes do not fit.
+    """
+    m = cfg.model
+    if m.num_classes == 0:
+        return cfg
+    if not data.labelled:
+        raise ConfigError(f"model.num_classes = {m.num_classes} needs class labels: MNIST, CIFAR-10, an image folder "
+                          "of class sub-folders, or --labels FILE (data.labels) beside --data")
+    names = tuple(data.class_names)
+    k = len(names) if m.num_classes == config_mod.AUTO else m.num_classes
+    if k > len(names) and all(n == str(i) for i, n in enumerate(names)):
+        names = tuple(str(i) for i in range(k))  # integer labels: classes without examples are allowed
+    if k != len(names):
+        raise ConfigError(f"model.num_classes = {k}, but the labels hold {len(names)} classes "
+                          f"({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}); set it to {len(names)} or -1")
+    if m.class_names and tuple(m.class_names) != names:
+        raise ConfigError(f"model.class_names {list(m.class_names)} differ from the labels' classes {list(names)}")
+    return config_mod.replace(cfg, model={"num_classes": k, "class_names": names})
 
 
 def _fitted_model(cfg: config_mod.Config, data: Dataset) -> DiffusionModel:
@@ -239,6 +268,7 @@ def fit(cfg: config_mod.Config, data: Dataset, out: str | Path, progress: bool =
     """
     out = Path(out)
     cfg, chosen = defaults.for_data(cfg, data.train.shape[0], math.prod(data.shape))
+    cfg = with_classes(cfg, data)
     tc = cfg.train
     lr_factor(tc.lr_schedule, 0.0, 0, 0)  # validate before anything is written
     check_objective(tc.objective, cfg.model.parametrization, cfg.process.kind)
@@ -348,6 +378,7 @@ def _loop(cfg: config_mod.Config, data: Dataset, out: Path, state: run_folder.Tr
     dropout = any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
     # The whole training set lives on the device, already scaled: batches are an index.
     x_train = model.scaler(data.train).to(device)
+    y_train = data.train_labels.to(device) if model.num_classes else None
     n = x_train.shape[0]
 
     def budget_used() -> float:
@@ -389,12 +420,18 @@ def _loop(cfg: config_mod.Config, data: Dataset, out: Path, state: run_folder.Tr
                 if data.dequantize:
                     u = torch.rand(x.shape, generator=gen).to(device)
                     x = x + u / model.scaler.scale.to(device=device, dtype=x.dtype)
+                # A conditional model: the batch's labels, each dropped to the null class with
+                # probability train.label_dropout, so that the one network also learns p(x).
+                cond = None
+                if y_train is not None:
+                    drop = torch.rand(batch, generator=gen).to(device) < tc.label_dropout
+                    cond = torch.where(drop, model.null_class, y_train[idx])
                 # Dropout draws from torch's global generator, which no checkpoint holds:
                 # seeding it from the run's generator each step keeps a resume draw for draw.
                 if dropout:
                     torch.manual_seed(int(torch.randint(0, 2**62, (), generator=gen)))
                 # The step: forward, backward, clip, AdamW; then the EMA follows the weights.
-                stats = train_step(objective, optimizer, x, tc, sampler, gen, precision, tc.batch_size)
+                stats = train_step(objective, optimizer, x, tc, sampler, gen, precision, tc.batch_size, cond)
                 if ema is not None:
                     ema.update_parameters(model)
                 state.step += 1

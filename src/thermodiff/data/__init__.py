@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
@@ -15,6 +16,10 @@ from pathlib import Path
 # The held-out images' one dequantisation draw is seeded data.seed + this (so that a
 # file given to `evaluate --data` is dequantised as the run's own held-out set is).
 TEST_NOISE_SEED = 2_000_003
+
+# The named image sets' classes, in the order of their label indices.
+MNIST_CLASSES = tuple(str(k) for k in range(10))
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 DATASETS = ("swissroll", "mixture", "heartbeat", "array", "mnist", "cifar10", "imagefolder", "deadleaves")
 
@@ -38,10 +43,21 @@ class Dataset:
     validation: torch.Tensor | None = None  # (V, *D), dequantised once like test; None: no validation set
     validation_source: str = ""  # where the validation set came from, in words
     kind: str = ""  # array files: how their values are read (data.kind, resolved: vectors, levels, images)
+    # Class labels, where the data set has them (MNIST, CIFAR-10, an image folder of
+    # class sub-folders, data.labels): indices into class_names, one per example.
+    train_labels: torch.Tensor | None = None  # (N,) int64
+    test_labels: torch.Tensor | None = None  # (M,) int64
+    validation_labels: torch.Tensor | None = None  # (V,) int64
+    class_names: tuple[str, ...] = ()
 
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.train.shape[1:])
+
+    @property
+    def labelled(self) -> bool:
+        """Whether every training example has a class label."""
+        return self.train_labels is not None
 
     def train_continuous(self, seed: int) -> torch.Tensor:
         """The training examples as a density on continuous values sees them: integer
@@ -95,7 +111,7 @@ def with_validation(ds: Dataset, cfg) -> Dataset:
         if tuple(v.shape[1:]) != ds.shape:
             raise DataError(f"{cfg.validation_path}: validation data have shape {tuple(v.shape[1:])}, "
                             f"training data {ds.shape}")
-        train, source = ds.train, cfg.validation_path
+        train, source, labels, v_labels = ds.train, cfg.validation_path, ds.train_labels, None
     elif cfg.validation_fraction > 0:
         from .arrays import split_holdout
 
@@ -103,13 +119,18 @@ def with_validation(ds: Dataset, cfg) -> Dataset:
         if not 1 <= round(cfg.validation_fraction * n) <= n - 1:  # split_holdout's own rule, named for this key
             raise DataError(f"data.validation_fraction = {cfg.validation_fraction:g} of {n} training examples "
                             "leaves an empty part; change it, or give data.validation_path")
-        train, v = (torch.as_tensor(a) for a in split_holdout(ds.train.numpy(), cfg.validation_fraction, cfg.seed + 7))
+        # The split as indices, so that the labels follow their examples.
+        keep, held = (torch.as_tensor(a) for a in split_holdout(torch.arange(n).numpy(), cfg.validation_fraction,
+                                                                cfg.seed + 7))
+        train, v = ds.train[keep], ds.train[held]
+        labels, v_labels = ((ds.train_labels[keep], ds.train_labels[held]) if ds.labelled else (None, None))
         source = f"{v.shape[0]} of the {n} training examples, held out"
     else:
         return ds
     if ds.dequantize:
         v = dequantize_once(v, cfg.seed + 3_000_017)
-    return replace(ds, train=train, validation=v, validation_source=source)
+    return replace(ds, train=train, validation=v, validation_source=source, train_labels=labels,
+                   validation_labels=v_labels)
 
 
 def _load(cfg) -> Dataset:
@@ -136,8 +157,9 @@ def _load(cfg) -> Dataset:
         from .images import load_mnist
 
         root = resolve_root(cfg.root)
-        train, test = (torch.as_tensor(load_mnist(root, split)[0][:, None], dtype=torch.float64) for split in ("train", "test"))
-        return _levels(train, test, cfg)
+        (train, train_y), (test, test_y) = (load_mnist(root, split) for split in ("train", "test"))
+        return _levels(torch.as_tensor(train[:, None], dtype=torch.float64), torch.as_tensor(test[:, None], dtype=torch.float64),
+                       cfg, labels=(train_y, test_y, MNIST_CLASSES))
     if cfg.name == "mnist":
         from .images import load_binary_mnist
 
@@ -155,15 +177,18 @@ def _load(cfg) -> Dataset:
         from .cifar import load_cifar10
 
         root = resolve_root(cfg.root)
-        train, test = (torch.as_tensor(load_cifar10(root, split)[0], dtype=torch.float64) for split in ("train", "test"))
-        return _levels(train, test, cfg)
+        (train, train_y), (test, test_y) = (load_cifar10(root, split) for split in ("train", "test"))
+        return _levels(torch.as_tensor(train, dtype=torch.float64), torch.as_tensor(test, dtype=torch.float64), cfg,
+                       labels=(train_y, test_y, CIFAR10_CLASSES))
     if cfg.name == "imagefolder":
         from .arrays import split_holdout
-        from .imagefolder import load_image_folder
+        from .imagefolder import load_class_folders
 
-        images, _ = load_image_folder(resolve_root(cfg.root))
-        train, test = split_holdout(images, cfg.test_fraction, cfg.seed)
-        return _levels(torch.as_tensor(train, dtype=torch.float64), torch.as_tensor(test, dtype=torch.float64), cfg)
+        images, y, names = load_class_folders(resolve_root(cfg.root))  # y None: no class sub-folders
+        keep, held = split_holdout(np.arange(len(images)), cfg.test_fraction, cfg.seed)
+        labels = (y[keep], y[held], names) if y is not None else None
+        return _levels(torch.as_tensor(images[keep], dtype=torch.float64), torch.as_tensor(images[held], dtype=torch.float64),
+                       cfg, labels=labels)
     if cfg.name == "deadleaves":
         from .deadleaves import deadleaves
 
@@ -178,32 +203,74 @@ def _load(cfg) -> Dataset:
         # The kind (vectors, 8-bit images, continuous images) is the training file's;
         # a held-out file is read as the same kind.
         x, kind = interpret(load_array(cfg.path, as_float=False), cfg.kind, cfg.path)
+        labels = _array_labels(cfg, x.shape[0])
         if cfg.test_path:
             train, test = x, interpret(load_array(cfg.test_path, as_float=False), kind, cfg.test_path)[0]
             if test.shape[1:] != train.shape[1:]:
                 raise DataError(f"{cfg.test_path}: held-out data have shape {test.shape[1:]}, training data {train.shape[1:]}")
+            if labels is not None:
+                labels = (labels[0], _test_labels(cfg, test.shape[0], labels[2]), labels[2])
         else:
-            train, test = split_holdout(x, cfg.test_fraction, cfg.seed)
+            keep, held = split_holdout(np.arange(x.shape[0]), cfg.test_fraction, cfg.seed)
+            train, test = x[keep], x[held]
+            labels = (labels[0][keep], labels[0][held], labels[2]) if labels is not None else None
         train = check_finite(torch.as_tensor(train, dtype=torch.float64), cfg.path)
         test = check_finite(torch.as_tensor(test, dtype=torch.float64), cfg.test_path or cfg.path)
         if kind == "levels":  # 8-bit images: dequantised like MNIST's, every row kept
-            return replace(_levels(train, test, cfg, cut=False), kind=kind)
-        return Dataset(train, test, None, kind=kind)
+            return replace(_levels(train, test, cfg, cut=False, labels=labels), kind=kind)
+        return _with_labels(Dataset(train, test, None, kind=kind), labels)
     raise ConfigError(f"unknown data set {cfg.name!r}; choose one of {', '.join(DATASETS)}")
 
 
-def _levels(train: torch.Tensor, test: torch.Tensor, cfg, cut: bool = True) -> Dataset:
+def _levels(train: torch.Tensor, test: torch.Tensor, cfg, cut: bool = True, labels=None) -> Dataset:
     """8-bit images as integer levels: the held-out set dequantised once (seeded),
     the training set per batch (``Dataset.dequantize``); with `cut`, n_train / n_test
-    cut (the named image sets; a user's array keeps every row).
+    cut (the named image sets; a user's array keeps every row), their labels with them.
 
-    Shapes: train (N, C, H, W), test (M, C, H, W) with values 0..255.
+    Shapes: train (N, C, H, W), test (M, C, H, W) with values 0..255; labels
+    (train (N,), test (M,), class names) or None.
     """
     if cut and cfg.n_train and cfg.n_train < train.shape[0]:
         train = train[: cfg.n_train]
     if cut and cfg.n_test and cfg.n_test < test.shape[0]:
         test = test[: cfg.n_test]
-    return Dataset(train, dequantize_once(test, cfg.seed + TEST_NOISE_SEED), None, dequantize=True)
+    if labels is not None:
+        labels = (labels[0][: train.shape[0]], labels[1][: test.shape[0]], labels[2])
+    ds = Dataset(train, dequantize_once(test, cfg.seed + TEST_NOISE_SEED), None, dequantize=True)
+    return _with_labels(ds, labels)
+
+
+def _with_labels(ds: Dataset, labels) -> Dataset:
+    """ds with its labels (train, test, class names; None: unlabelled). Shapes: none."""
+    if labels is None:
+        return ds
+    train_y, test_y, names = labels
+    return replace(ds, train_labels=torch.as_tensor(train_y, dtype=torch.long),
+                   test_labels=torch.as_tensor(test_y, dtype=torch.long), class_names=tuple(names))
+
+
+def _array_labels(cfg, n: int):
+    """data.labels for an array file of n examples: (labels, None, class names), None
+    without a labels file. Shapes: -> (n,) int64."""
+    if not cfg.labels:
+        if cfg.test_labels:
+            raise ConfigError("data.test_labels needs data.labels (the training examples' labels) beside it")
+        return None
+    from .labels import class_names_for, read_labels
+
+    y, names = read_labels(cfg.labels, n)
+    return y, None, class_names_for(y, names, 0, cfg.labels)
+
+
+def _test_labels(cfg, m: int, classes: tuple[str, ...]):
+    """The labels of data.test_path (data.test_labels), as the training classes'
+    indices. Shapes: -> (m,) int64."""
+    from .labels import index_by_names, read_labels
+
+    if not cfg.test_labels:
+        raise ConfigError("data.test_path has no labels: give data.test_labels (or --test-labels) beside it")
+    y, names = read_labels(cfg.test_labels, m)
+    return index_by_names(y, names, classes, cfg.test_labels)
 
 
 def dequantize_once(levels: torch.Tensor, seed: int) -> torch.Tensor:

@@ -115,3 +115,38 @@ def load_image_folder(root: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
         stacked = stacked[..., None]
     # Pillow gives (H, W, C); the networks take (N, C, H, W).
     return np.ascontiguousarray(stacked.transpose(0, 3, 1, 2)), [p.name for p in files]
+
+
+def load_class_folders(root: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None, tuple[str, ...]]:
+    """An image folder, or a folder of class sub-folders: ``root/CLASS/*.png`` (no
+    images directly in root) gives every sub-folder's images with the sub-folder's
+    name as their class, classes in sorted order; images directly in root are read
+    as ``load_image_folder`` reads them, unlabelled. Every image shares one size and
+    mode across the classes; a sub-folder without images is an error naming it.
+
+    Shapes: -> images (N, C, H, W) uint8, labels (N,) int64 or None, class names (K,).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return load_image_folder(root)[0], None, ()  # its one-line error
+    try:
+        direct = any(p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() for p in root.iterdir())
+        folders = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+    except OSError as exc:
+        raise DataError(f"{root}: cannot list folder ({one_line(exc)})") from None
+    if direct or not folders:
+        return load_image_folder(root)[0], None, ()
+    parts, labels, expected = [], [], None
+    for k, folder in enumerate(folders):
+        files = _image_files(folder)
+        if expected is None:
+            first = _read(files[0], None)
+            expected = (first.size, first.mode, f"{folder.name}/{files[0].name}")
+        images = [np.asarray(_read(path, expected)) for path in files]
+        parts.extend(images)
+        labels.extend([k] * len(images))
+    stacked = np.stack(parts)
+    if stacked.ndim == 3:
+        stacked = stacked[..., None]
+    return (np.ascontiguousarray(stacked.transpose(0, 3, 1, 2)), np.asarray(labels, dtype=np.int64),
+            tuple(p.name for p in folders))

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from thermodiff.errors import ConfigError
 
-__all__ = ["SinusoidalEmbedding", "FourierFeatures", "time_to_index"]
+__all__ = ["SinusoidalEmbedding", "FourierFeatures", "ClassEmbedding", "time_to_index"]
 
 
 def time_to_index(t: Tensor, num_steps: int) -> Tensor:
@@ -131,3 +131,57 @@ class FourierFeatures(nn.Module):
             f"in_dim={self.in_dim}, n_frequencies={self.n_frequencies}, "
             f"exponents={self.min_exponent}..{self.max_exponent}"
         )
+
+
+class ClassEmbedding(nn.Module):
+    """A learned vector per class, and one more for the null class (index
+    ``num_classes``, "no label"), added to a network's time embedding (classifier-free
+    guidance: one network learns p(x | y) and, through the null class, p(x)).
+
+    Zero-initialised, so an untrained conditional network is exactly the unconditional
+    one; the table still gets its full gradient (the sum it is added to). y = None
+    means the null class for every row.
+
+    Shapes: y (B,) int64 in 0..num_classes, or None; like (B, dim) -> (B, dim) in
+    like's dtype.
+    """
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ConfigError(f"ClassEmbedding: num_classes must be an integer >= 1, got {num_classes!r}")
+        self.num_classes = num_classes
+        self.table = nn.Embedding(num_classes + 1, dim)
+        nn.init.zeros_(self.table.weight)
+
+    def forward(self, y: Tensor | None, like: Tensor) -> Tensor:
+        """Shapes: y (B,) or None, like (B, dim) -> (B, dim)"""
+        if y is None:
+            y = torch.full((like.shape[0],), self.num_classes, dtype=torch.long, device=like.device)
+        return self.table(y.to(device=like.device, dtype=torch.long)).to(like.dtype)  # (B, dim)
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes} (+ null)"
+
+
+def class_embedding(num_classes: int, dim: int) -> ClassEmbedding | None:
+    """The class embedding of a network with ``num_classes`` classes; None for an
+    unconditional one (num_classes = 0). Shapes: none."""
+    if num_classes == 0:
+        return None
+    return ClassEmbedding(num_classes, dim)
+
+
+def add_class(h: Tensor, embed: ClassEmbedding | None, y: Tensor | None) -> Tensor:
+    """h plus the class embedding of y (a conditional network), or h itself (an
+    unconditional one, which refuses labels).
+
+    Shapes: h (B, dim, *S) (a feature map: the same vector at every position), y (B,)
+    or None -> h's shape.
+    """
+    if embed is None:
+        if y is not None:
+            raise ConfigError("this network was built without classes (model.num_classes = 0): it takes no labels")
+        return h
+    e = embed(y, h)
+    return h + e.reshape(e.shape + (1,) * (h.dim() - 2))

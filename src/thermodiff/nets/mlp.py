@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from thermodiff.errors import ConfigError
 from thermodiff.nets.options import check_int
-from thermodiff.nets.embeddings import FourierFeatures, SinusoidalEmbedding
+from thermodiff.nets.embeddings import FourierFeatures, SinusoidalEmbedding, add_class, class_embedding
 
 __all__ = ["ResidualMLP", "ACTIVATIONS", "make_activation"]
 
@@ -89,6 +89,7 @@ class ResidualMLP(nn.Module):
         activation: str = "silu",
         zero_init_output: bool = True,
         dropout: float = 0.0,
+        num_classes: int = 0,
     ):
         super().__init__()
         for name, value, lo in (
@@ -116,6 +117,7 @@ class ResidualMLP(nn.Module):
             nn.Linear(width, width),
             make_activation(activation),
         )
+        self.class_embed = class_embedding(num_classes, width)  # added to the time embedding
         self.blocks = nn.ModuleList(_ResidualBlock(width, activation, dropout) for _ in range(depth))
 
         self.out_norm = nn.LayerNorm(width)
@@ -127,9 +129,11 @@ class ResidualMLP(nn.Module):
             nn.init.zeros_(self.out_proj.weight)
             nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """Shapes: x (B, in_dim), t (B,) -> (B, out_dim)"""
-        temb = self.time_mlp(self.time_embed(t))
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """y: class labels of a conditional net (num_classes > 0; None: the null class).
+
+        Shapes: x (B, in_dim), t (B,), y (B,) int64 or None -> (B, out_dim)"""
+        temb = add_class(self.time_mlp(self.time_embed(t)), self.class_embed, y)
         h = self.input_proj(self.fourier(x))
         for block in self.blocks:  # loop over layers, not examples
             h = block(h, temb)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from thermodiff.errors import ConfigError
+from thermodiff.nets.embeddings import add_class, class_embedding
 from thermodiff.nets.options import check_int
 
 __all__ = ["MultiScaleConvNet", "gaussian_bumps"]
@@ -136,6 +137,7 @@ class MultiScaleConvNet(nn.Module):
         n_scales: int | None = None,
         kernel_size: int = 3,
         n_bumps: int = 16,
+        num_classes: int = 0,
     ):
         super().__init__()
         # num_steps is unused: the bump readout is continuous in t. It is accepted
@@ -190,24 +192,29 @@ class MultiScaleConvNet(nn.Module):
         for _ in range(dense_layers):
             dense += [nn.Conv2d(channels, channels, 1), nn.Tanh()]
         self.dense = nn.Sequential(*dense)
+        # No time embedding here (the readout is a sum of bumps in time): a class shifts
+        # every pixel's features, a vector per class, before the dense layers.
+        self.class_embed = class_embedding(num_classes, channels)
         self.readout = nn.Conv2d(channels, self.out_channels * n_bumps, 1)
         # Zero output at init: the paper's reverse kernel starts as the forward one.
         nn.init.zeros_(self.readout.weight)
         nn.init.zeros_(self.readout.bias)
 
-    def coefficients(self, x: Tensor) -> Tensor:
+    def coefficients(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The per-pixel bump coefficients ``z_j`` (independent of time).
 
-        Shapes: x (B, C*H*W) -> (B, out_channels, n_bumps, H, W)
+        Shapes: x (B, C*H*W), y (B,) int64 or None -> (B, out_channels, n_bumps, H, W)
         """
         b = x.shape[0]
-        h = self.dense(self.conv(x.reshape((b,) + self.image_shape)))
+        h = self.dense(add_class(self.conv(x.reshape((b,) + self.image_shape)), self.class_embed, y))
         z = self.readout(h)
         return z.reshape(b, self.out_channels, self.n_bumps, *self.image_shape[1:])
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """Shapes: x (B, C*H*W), t (B,) -> (B, out_channels*H*W)"""
-        z = self.coefficients(x)
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """y: class labels of a conditional net (num_classes > 0; None: the null class).
+
+        Shapes: x (B, C*H*W), t (B,), y (B,) int64 or None -> (B, out_channels*H*W)"""
+        z = self.coefficients(x, y)
         g = gaussian_bumps(t.to(z.dtype), self.n_bumps)
         return torch.einsum("bojhw,bj->bohw", z, g).reshape(x.shape[0], -1)
 

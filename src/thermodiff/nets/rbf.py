@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from thermodiff.errors import ConfigError
 from thermodiff.nets.options import check_int
-from thermodiff.nets.embeddings import per_step_readout
+from thermodiff.nets.embeddings import add_class, class_embedding, per_step_readout
 
 __all__ = ["RBFNet"]
 
@@ -37,6 +37,7 @@ class RBFNet(nn.Module):
         num_steps: int,
         hidden: int = 16,
         init_width: float = 1.0,
+        num_classes: int = 0,
     ):
         super().__init__()
         for name, value in (
@@ -56,6 +57,9 @@ class RBFNet(nn.Module):
         self.centres = nn.Parameter(torch.randn(hidden, in_dim))
         # Log-parametrised so widths stay positive under unconstrained updates.
         self.log_widths = nn.Parameter(torch.full((hidden,), math.log(init_width)))
+        # No time embedding here (the readout is per step): a class shifts the features
+        # the per-step readout reads, so its effect is learned step by step.
+        self.class_embed = class_embedding(num_classes, hidden)
         # Storage row s holds step s + 1 (steps are 1..T).
         self.readout_weight = nn.Parameter(torch.zeros(num_steps, hidden, out_dim))
         self.readout_bias = nn.Parameter(torch.zeros(num_steps, out_dim))
@@ -73,9 +77,12 @@ class RBFNet(nn.Module):
         # from every centre (all raw Gaussians would underflow to zero).
         return torch.softmax(logits, dim=-1)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """Shapes: x (B, in_dim), t (B,) -> (B, out_dim)"""
-        return per_step_readout(self.hidden_activations(x), t, self.readout_weight, self.readout_bias)
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """y: class labels of a conditional net (num_classes > 0; None: the null class).
+
+        Shapes: x (B, in_dim), t (B,), y (B,) int64 or None -> (B, out_dim)"""
+        h = add_class(self.hidden_activations(x), self.class_embed, y)
+        return per_step_readout(h, t, self.readout_weight, self.readout_bias)
 
     def extra_repr(self) -> str:
         return (

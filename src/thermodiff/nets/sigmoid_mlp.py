@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from thermodiff.nets.options import check_int
-from thermodiff.nets.embeddings import per_step_readout
+from thermodiff.nets.embeddings import add_class, class_embedding, per_step_readout
 
 __all__ = ["SigmoidMLP"]
 
@@ -33,6 +33,7 @@ class SigmoidMLP(nn.Module):
         num_steps: int,
         hidden: int = 50,
         depth: int = 3,
+        num_classes: int = 0,
     ):
         super().__init__()
         for name, value in (
@@ -61,15 +62,21 @@ class SigmoidMLP(nn.Module):
             layers += [linear, nn.Sigmoid()]
             width = hidden
         self.hidden_layers = nn.Sequential(*layers)
+        # No time embedding here (the readout is per step): a class shifts the features
+        # the per-step readout reads, so its effect is learned step by step.
+        self.class_embed = class_embedding(num_classes, hidden)
 
         # Storage row s holds step s + 1 (steps are 1..T). Zero readouts give
         # logit 0, which the caller reads as "no change from the reference kernel".
         self.readout_weight = nn.Parameter(torch.zeros(num_steps, hidden, out_dim))
         self.readout_bias = nn.Parameter(torch.zeros(num_steps, out_dim))
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """Shapes: x (B, in_dim), t (B,) -> (B, out_dim) logits"""
-        return per_step_readout(self.hidden_layers(x), t, self.readout_weight, self.readout_bias)
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """y: class labels of a conditional net (num_classes > 0; None: the null class).
+
+        Shapes: x (B, in_dim), t (B,), y (B,) int64 or None -> (B, out_dim) logits"""
+        h = add_class(self.hidden_layers(x), self.class_embed, y)
+        return per_step_readout(h, t, self.readout_weight, self.readout_bias)
 
     def extra_repr(self) -> str:
         return (

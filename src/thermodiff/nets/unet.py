@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from thermodiff.errors import ConfigError
 from thermodiff.nets.options import check_int
-from thermodiff.nets.embeddings import SinusoidalEmbedding
+from thermodiff.nets.embeddings import SinusoidalEmbedding, add_class, class_embedding
 
 __all__ = ["UNet"]
 
@@ -127,7 +127,8 @@ class UNet(nn.Module):
 
     Time ``t`` in [0, 1] enters through a sinusoidal embedding (``t`` stretched by
     1000) and a two-layer MLP of width ``4 * base_channels``; every residual block
-    turns it into a per-channel scale and shift. The output is
+    turns it into a per-channel scale and shift. With ``num_classes`` > 0 a class
+    embedding (``ClassEmbedding``, with a null class) is added to the time embedding. The output is
     ``out_dim // (H * W)`` channels from a zero-initialised 3x3 conv, so an
     untrained net outputs exactly zero. GroupNorm uses ``min(groups, channels)``
     groups, lowered to a divisor of the channel count when needed.
@@ -150,6 +151,7 @@ class UNet(nn.Module):
         time_dim: int = 128,
         groups: int = 8,
         dropout: float = 0.0,
+        num_classes: int = 0,
     ):
         super().__init__()
         # num_steps is unused: the net is continuous in t. It is accepted so that every
@@ -201,6 +203,7 @@ class UNet(nn.Module):
             nn.SiLU(),
             nn.Linear(temb_dim, temb_dim),
         )
+        self.class_embed = class_embedding(num_classes, temb_dim)
 
         def res(i: int, o: int) -> _ResBlock:
             return _ResBlock(i, o, temb_dim, groups, float(dropout))
@@ -257,12 +260,14 @@ class UNet(nn.Module):
         # widths. Checkpoints store contiguous copies.
         self.to(memory_format=torch.channels_last)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """Shapes: x (B, C*H*W), t (B,) -> (B, out_channels*H*W)"""
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """y: class labels of a conditional net (num_classes > 0; None: the null class).
+
+        Shapes: x (B, C*H*W), t (B,), y (B,) int64 or None -> (B, out_channels*H*W)"""
         b = x.shape[0]
         h = x.reshape((b,) + self.image_shape).contiguous(memory_format=torch.channels_last)
         # SiLU applied once here rather than at the head of every block's projection.
-        temb = F.silu(self.time_mlp(self.time_embed(t)))
+        temb = F.silu(add_class(self.time_mlp(self.time_embed(t)), self.class_embed, y))
 
         h = self.input_conv(h)
         skips = [h]

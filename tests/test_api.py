@@ -37,7 +37,7 @@ def test_import_thermodiff_and_the_cli_do_not_import_torch():
 
 
 def test_every_public_name_resolves_to_its_source():
-    from thermodiff import config, data, evaluation, model, train
+    from thermodiff import config, data, evaluation, guidance, model, train
     from thermodiff.sampling import ancestral, conditioning
 
     expected = {
@@ -50,6 +50,7 @@ def test_every_public_name_resolves_to_its_source():
         "Known": conditioning.Known, "GaussianObservation": conditioning.GaussianObservation,
         "Smooth": conditioning.Smooth, "Box": conditioning.Box,
         "BitProbabilities": conditioning.BitProbabilities, "ClassifierGuidance": conditioning.ClassifierGuidance,
+        "Guided": guidance.Guided,
     }
     assert sorted(thermodiff.__all__) == sorted(expected)
     for name, obj in expected.items():

@@ -41,6 +41,8 @@ _EXPORTS = {
     "Box": ("thermodiff.sampling.conditioning", "Box"),
     "BitProbabilities": ("thermodiff.sampling.conditioning", "BitProbabilities"),
     "ClassifierGuidance": ("thermodiff.sampling.conditioning", "ClassifierGuidance"),
+    # class-conditional models: classifier-free guidance (thermodiff.classify: the likelihood as a classifier)
+    "Guided": ("thermodiff.guidance", "Guided"),
 }
 
 __all__ = list(_EXPORTS)
@@ -63,6 +65,7 @@ if _TYPE_CHECKING:  # for type checkers and editors; at run time the names load 
     )
     from .run_folder import load_run
     from .train import fit
+    from .guidance import Guided
 
 
 def __getattr__(name: str):

@@ -41,7 +41,8 @@ def exact_scaled(model: DiffusionModel, y: torch.Tensor, log_density) -> torch.T
 
 
 def evaluate_run(model: DiffusionModel, y: torch.Tensor, eval_cfg, log_density=None, progress: bool = False,
-                 sampler=None, train: torch.Tensor | None = None, ode: bool = False) -> dict:
+                 sampler=None, train: torch.Tensor | None = None, ode: bool = False,
+                 labels: torch.Tensor | None = None) -> dict:
     """The evaluation record of a model on held-out data y (data's own units), in bits.
 
     eval_cfg: an ``EvalConfig`` (n_t times per example, batch_size, max_examples,
@@ -56,16 +57,26 @@ def evaluate_run(model: DiffusionModel, y: torch.Tensor, eval_cfg, log_density=N
     ``gaussian_bits``, ``K_minus_gaussian_bits`` and its paired standard error, a
     ``gaussian_warning`` where K is below it). ode: add the ODE model's exact
     log-likelihood on the first eval.ode_examples examples (``ode_record``), paired with
-    K over the same examples.
+    K over the same examples. labels: a class-conditional model's labels of y: K is
+    then the bound on log p(x | y), and ``conditional_record`` adds the bound on log p(x)
+    (the null class, the same draws) beside it; without labels a conditional model's
+    K is log p(x)'s.
 
-    Shapes: y (N, *D), train (N', *D); returns a dict of floats and lists.
+    Shapes: y (N, *D), train (N', *D), labels (N,) int64; returns a dict of floats and lists.
     """
     model.check_data(y, "held-out data")
     if eval_cfg.max_examples and y.shape[0] > eval_cfg.max_examples:
         y = y[: eval_cfg.max_examples]
+        labels = labels[: eval_cfg.max_examples] if labels is not None else None
+    if labels is not None:
+        check_labels(model, labels, y.shape[0], "held-out labels")
     terms = evaluate(model, y, n_t=eval_cfg.n_t, batch_size=eval_cfg.batch_size, seed=eval_cfg.seed,
-                     progress=progress, sampler=sampler)
+                     progress=progress, sampler=sampler, labels=labels)
     record = summarize(model, terms, y)
+    if model.num_classes:
+        record["labels"] = "true" if labels is not None else "null"
+        if labels is not None:
+            record.update(conditional_record(model, y, terms, eval_cfg, progress, sampler))
     if train is not None and "rescaling" in model.process.supports:  # continuous data: a density to compare
         k_bits = (-terms.nll + model.scaler.log_det(model.n_dims)) / LN2
         record.update(gaussian_fields(train, y, k_bits))
@@ -83,6 +94,42 @@ def evaluate_run(model: DiffusionModel, y: torch.Tensor, eval_cfg, log_density=N
     if ode:
         record.update(ode_record(model, y, eval_cfg, log_density, progress, k_nats=-terms.nll))
     return record
+
+
+def check_labels(model: DiffusionModel, labels: torch.Tensor, n: int, what: str) -> None:
+    """Refuse labels that cannot go with n examples of this model, in one line: an
+    unconditional model, a count that is not n, a class outside 0..num_classes - 1.
+    Shapes: labels (N,) int64."""
+    from .errors import DataError
+
+    if not model.num_classes:
+        raise ConfigError("this model is unconditional (model.num_classes = 0): it takes no labels")
+    if labels.shape != (n,):
+        raise DataError(f"{what}: {labels.shape[0] if labels.dim() else 0} labels for {n} examples")
+    bad = ((labels < 0) | (labels >= model.num_classes)).nonzero()
+    if len(bad):
+        raise DataError(f"{what}: label {int(bad[0]) + 1} is {int(labels[bad[0]])}, out of range for "
+                        f"{model.num_classes} classes")
+
+
+def conditional_record(model: DiffusionModel, y: torch.Tensor, terms, eval_cfg, progress: bool = False,
+                       sampler=None) -> dict:
+    """A conditional model's bound on log p(x) (the null class) beside the bound on
+    log p(x | y) already in `terms`, from the same draws (seed and batches), in bits:
+    ``K_bits_unconditional``, ``bits_per_dim_unconditional``,
+    ``stderr_bits_unconditional``, and the paired difference K(x | y) - K(x) per example,
+    ``label_gain_bits`` with ``label_gain_stderr_bits`` (for exact bounds it is
+    log p(y | x) - log p(y): at most log2 of the number of classes, on average).
+
+    Shapes: y (N, *D); terms of log p(x | y) with (N,) fields; returns a dict of floats.
+    """
+    null = evaluate(model, y, n_t=eval_cfg.n_t, batch_size=eval_cfg.batch_size, seed=eval_cfg.seed,
+                    progress=progress, sampler=sampler, labels=None)
+    k = summarize(model, null, y)
+    gain = (null.nll - terms.nll) / LN2
+    return {"K_bits_unconditional": k["K_bits"], "bits_per_dim_unconditional": k["bits_per_dim"],
+            "stderr_bits_unconditional": k["stderr_bits"], "label_gain_bits": float(gain.mean()),
+            "label_gain_stderr_bits": _stderr(gain)}
 
 
 ODE_ABOVE_EXACT = ("the ODE model's log-likelihood exceeds the exact log-likelihood by more than 3 standard "

@@ -57,6 +57,58 @@ def mixture_model(mix: GaussianMixture, schedule, variance: str = "fixed-small",
     return model.double()
 
 
+class ClassMixtureScore(nn.Module):
+    """The exact eps prediction of a class-conditional model for a mixture whose
+    components are the classes: class k is component k alone (p(x | y = k)), the null
+    class (index K, or no labels) the whole mixture (p(x)).
+
+    Shapes: x (B, D), t (B,), y (B,) int64 or None -> (B, D), in x's dtype.
+    """
+
+    def __init__(self, model: DiffusionModel, mix: GaussianMixture):
+        super().__init__()
+        self.model = [model]
+        self.mix = mix
+        self.unused = nn.Parameter(torch.zeros(1, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        # Every row at once: row b's noised components N(sqrt(a_b) mu_k, a_b Sigma_k + (1 - a_b) I),
+        # weighted by the mixture's weights (null class) or by one-hot on its class.
+        abar = self.model[0].abar_at(t.to(torch.float64))
+        mix, k_all = self.mix, self.mix.n_components
+        if y is None:
+            y = torch.full((x.shape[0],), k_all, dtype=torch.long)
+        dtype, x = x.dtype, x.to(torch.float64)
+        a = abar[:, None, None]
+        means = a.sqrt() * mix.means[None]  # (B, K, D)
+        covs = a[..., None] * mix.covariances[None] + (1 - a[..., None]) * torch.eye(mix.dim, dtype=torch.float64)
+        chol = torch.linalg.cholesky(covs)  # (B, K, D, D)
+        diff = (x[:, None, :] - means)[..., None]  # (B, K, D, 1)
+        white = torch.linalg.solve_triangular(chol, diff, upper=False)
+        log_n = -0.5 * white.square().sum((-2, -1)) - chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        log_w = torch.where(y[:, None] == k_all, mix.weights.log()[None],
+                            torch.where(torch.arange(k_all)[None] == y[:, None], 0.0, -math.inf))
+        resp = torch.softmax(log_w + log_n, 1)  # (B, K): the components' posterior
+        # grad log N_k = -C_k^{-1} (x - m_k) = -L^{-T} (L^{-1} (x - m_k))
+        grads = -torch.linalg.solve_triangular(chol.transpose(-2, -1), white, upper=True)[..., 0]
+        score = (resp[..., None] * grads).sum(1)
+        return (-(1 - abar).sqrt()[:, None] * score).to(dtype)
+
+
+def class_mixture_model(mix: GaussianMixture, schedule, variance: str = "fixed-small",
+                        decoder: str = "learned") -> DiffusionModel:
+    """A float64 class-conditional DiffusionModel with the exact eps prediction of each
+    component of the mixture as a class (``ClassMixtureScore``) and of the whole
+    mixture as the null class; identity data scaling.
+
+    Shapes: the model's data are (D,), classes 0..K-1 with K = mix.n_components.
+    """
+    model = DiffusionModel(nn.Identity(), schedule, ModelSpec("eps", variance, decoder), (mix.dim,), 1,
+                           num_classes=mix.n_components)
+    model.net = ClassMixtureScore(model, mix)
+    return model.double()
+
+
 class TableX0(nn.Module):
     """logit P(x0_i = 1 | x_t) for binary data with a known table of probabilities over
     support points (reads the model's schedule). With it, the x0-parametrised kernel is

@@ -7,6 +7,7 @@ budgets cut to seconds. Its figures mean nothing.
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import time
@@ -35,6 +36,7 @@ BENCHMARKS = {
     "iw-mixture": "iw-mixture",
     "iw-swissroll": "iw-swissroll",
     "mnist": "mnist",
+    "mnist-cond": "mnist-cond",  # its own evaluation: bench_conditional
     "deadleaves": "deadleaves",
     "small-data": "vectors",  # the defaults of `thermodiff train --data FILE`, on small_data_config's arrays
 }
@@ -59,6 +61,8 @@ SMOKE_EXTRA = {
                    "data": {"n_train": 64, "n_test": 16, "size": 16}},
     "mnist": {"model": {"base_channels": 8, "channel_mults": (1,)},
               "data": {"n_train": 256, "n_test": 64}, "eval": {"samples": 16, "sample_steps": 5}},
+    "mnist-cond": {"model": {"base_channels": 8, "channel_mults": (1,)},
+                   "data": {"n_train": 256, "n_test": 64}, "eval": {"samples": 16, "sample_steps": 5}},
     "binary-mnist": {"process": {"T": 20}, "model": {"base_channels": 8, "channel_mults": (1,)},
                      "data": {"n_train": 256, "n_test": 64}},
 }
@@ -109,13 +113,50 @@ def sample_support(model, log_density, eval_cfg, progress: bool = False) -> dict
 
 
 SAMPLE_CHUNK = 500  # images sampled at once for the Parzen window
+QUALITY_SAMPLES = 2000  # samples (and training images, for the floor) in a Frechet distance and KID
 
 
-def image_samples_parzen(model, dataset, eval_cfg, progress: bool = False, solver: str = "ancestral") -> dict:
+def cache_dir() -> Path:
+    """Where the library's feature classifiers are cached: $THERMODIFF_CACHE, else
+    $XDG_CACHE_HOME/thermodiff (~/.cache/thermodiff). Their file names hold a hash
+    of the training images, the labels and the seed, so no data set loads another's."""
+    if os.environ.get("THERMODIFF_CACHE"):
+        return Path(os.environ["THERMODIFF_CACHE"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "thermodiff"
+
+
+def levels(model, x: torch.Tensor) -> torch.Tensor:
+    """Samples in model units as 8-bit levels 0..255 (floored, clipped), as the
+    classifier reads images. Shapes: (N, *D) -> (N, *D) float64."""
+    return model.scaler.inverse(x).floor().clamp(0, 255)
+
+
+def feature_classifier(dataset, cache: Path, seed: int = 0, epochs: int = 3, progress: bool = False):
+    """The sample-quality classifier of a labelled image data set (``quality``), trained
+    once on its training images and cached. Returns (net, record)."""
+    from .quality import load_or_train
+
+    return load_or_train(dataset.train, dataset.train_labels, dataset.test.floor(), dataset.test_labels,
+                         len(dataset.class_names), cache, seed=seed, epochs=epochs, progress=progress)
+
+
+def floor_images(dataset, n: int, seed: int) -> torch.Tensor:
+    """n training images drawn at random (seeded): the floor of a sample-quality measure
+    against the test set. Shapes: -> (n, C, H, W) levels."""
+    pick = torch.randperm(dataset.train.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
+    return dataset.train[pick]
+
+
+def image_samples_parzen(model, dataset, eval_cfg, progress: bool = False, solver: str = "ancestral",
+                         quality_net=None) -> dict:
     """For 8-bit images: eval.samples samples (eval.sample_steps hops, or grid times of
     an ODE solver) scored by the Parzen window of the paper's Table 2 on [0, 1] pixels
     (level / 255): the window chosen on the last 1,000 training images, the held-out
-    images scored.
+    images scored. quality_net: a feature classifier (``quality``): the first
+    QUALITY_SAMPLES samples' Frechet distance and KID against the held-out images
+    are added (``fd_samples``, ``kid_samples``), with the floor (as many training
+    images: ``fd_floor``, ``kid_floor``).
 
     Shapes: the dataset's images (N, C, H, W) as levels 0..255.
     """
@@ -134,6 +175,15 @@ def image_samples_parzen(model, dataset, eval_cfg, progress: bool = False, solve
     record = parzen(pixels, validation, test)
     record.pop("parzen_validation")
     record.update(n_samples=eval_cfg.samples, nfe=calls.per_example(eval_cfg.samples))
+    if quality_net is not None:
+        from .quality import sample_quality
+
+        m = min(QUALITY_SAMPLES, len(pixels))
+        test = dataset.test.floor()
+        q = sample_quality(quality_net, pixels[:m] * 255, test, seed=eval_cfg.seed)
+        floor = sample_quality(quality_net, floor_images(dataset, m, eval_cfg.seed), test, seed=eval_cfg.seed)
+        record.update(fd_samples=q["frechet_distance"], kid_samples=q["kid"], kid_samples_stderr=q["kid_stderr"],
+                      fd_floor=floor["frechet_distance"], kid_floor=floor["kid"], quality_samples=m)
     if solver == "ancestral":
         record["sampling_steps"] = len(time_grid(model, steps))
     return record
@@ -183,7 +233,13 @@ def run_benchmark(name: str, cfg: config_mod.Config, out: Path, progress: bool =
         # Training throughput: the issue's speed figure for images.
         record["images_per_second"] = meta["trained_steps"] * cfg.train.batch_size / max(meta["trained_seconds"], 1e-9)
         if cfg.eval.samples > 0:
-            record.update(image_samples_parzen(model, dataset, cfg.eval, progress))
+            net = None
+            if dataset.labelled and len(dataset.class_names) > 1:  # a sample-quality measure needs labels
+                net, classifier = feature_classifier(dataset, cache_dir(), seed=cfg.eval.seed,
+                                                     epochs=1 if cfg.train.steps <= SMOKE["train"]["steps"] else 3,
+                                                     progress=progress)
+                record.update(classifier)
+            record.update(image_samples_parzen(model, dataset, cfg.eval, progress, quality_net=net))
     if meta.get("best_step") is not None:
         record.update(best_step=meta["best_step"], best_val_bits=meta["best_val_bits"])
     record.update(

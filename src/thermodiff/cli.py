@@ -63,11 +63,17 @@ def _resolve_config(args):
         data["test_path"] = args.test
     if args.validation:
         data["validation_path"] = args.validation
+    if args.labels:
+        data["labels"] = args.labels
+    if args.test_labels:
+        data["test_labels"] = args.test_labels
     if args.steps is not None:
         train["steps"] = args.steps
     if args.seed is not None:
         train["seed"] = args.seed
     cfg = config.replace(cfg, data=data, train=train)
+    if args.labels and cfg.model.num_classes == 0:  # labels given: a class-conditional model
+        cfg = config.replace(cfg, model={"num_classes": config.AUTO})
     if args.config:
         default_name = Path(args.config).stem
     else:
@@ -123,9 +129,14 @@ def cmd_train(args) -> int:
     from .train import fit
 
     for flag, path in (("CONFIG", args.config), ("--data", args.data), ("--test", args.test),
-                       ("--validation", args.validation)):
+                       ("--validation", args.validation), ("--labels", args.labels),
+                       ("--test-labels", args.test_labels)):
         check_path(flag, path)
     check_output("--out", args.out, folder=True)
+    if (args.labels or args.test_labels) and not args.data:
+        raise ConfigError("--labels and --test-labels go with --data FILE (a config names them as data.labels)")
+    if args.test_labels and not args.test:
+        raise ConfigError("--test-labels goes with --test FILE (the held-out examples they label)")
     cfg = _resolve_config(args)
     dataset = data_mod.load(cfg.data)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
@@ -137,8 +148,9 @@ def cmd_train(args) -> int:
 
 def _load_test(args, cfg, model):
     """Held-out data (--data FILE, or the run's own held-out set), its exact density
-    where known, and the run's training data for the Gaussian baseline (None, with a
-    note, where they cannot be read)."""
+    where known, the run's training data for the Gaussian baseline (None, with a
+    note, where they cannot be read), and a conditional model's held-out labels (the
+    run's own, or --labels FILE beside --data; None without)."""
     from . import data as data_mod
 
     try:
@@ -154,8 +166,38 @@ def _load_test(args, cfg, model):
         # as its held-out set is); other runs' files as stored.
         kind = cfg.data.kind if cfg.data.name == "array" else ""
         y = data_mod.read_held_out(args.data, kind, dequantize_seed=cfg.data.seed + data_mod.TEST_NOISE_SEED)
-        return model.check_data(y, args.data), None, train
-    return dataset.test, dataset.log_density, train
+        return model.check_data(y, args.data), None, train, _file_labels(args, cfg, y.shape[0])
+    labels = dataset.test_labels if model.num_classes else None
+    return dataset.test, dataset.log_density, train, labels
+
+
+def _file_labels(args, cfg, n: int):
+    """--labels FILE (the labels of --data's n examples) as the run's class indices;
+    None without the flag. Shapes: -> (n,) int64."""
+    import torch
+
+    from .data.labels import index_by_names, read_labels
+
+    if not getattr(args, "labels", None):
+        return None
+    if not cfg.model.num_classes:
+        raise ConfigError("--labels: this model is unconditional (model.num_classes = 0): it takes no labels")
+    check_path("--labels", args.labels)
+    y, names = read_labels(args.labels, n)
+    return torch.as_tensor(index_by_names(y, names, tuple(cfg.model.class_names), args.labels))
+
+
+def _class_index(cfg, text: str) -> int:
+    """A class named on the command line (a class name, or its index) as its index."""
+    names = tuple(cfg.model.class_names)
+    if not cfg.model.num_classes:
+        raise ConfigError("--class: this model is unconditional (model.num_classes = 0); train one with labels")
+    if text in names:
+        return names.index(text)
+    if text.strip().isdigit() and int(text) < len(names):
+        return int(text)
+    shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+    raise ConfigError(f"--class {text!r}: not a class of this model ({shown}), nor an index below {len(names)}")
 
 
 def _eval_overrides(args) -> dict:
@@ -185,13 +227,20 @@ def cmd_evaluate(args) -> int:
     print(f"weights: {meta['checkpoint']}")
     if ranks.world > 1:
         print(f"{ranks.world} processes: the held-out batches split across them")
-    y, log_density, train = _load_test(args, cfg, model) if cfg is not None else (_diffusers_test(args, model), None, None)
+    if args.labels and cfg is None:
+        raise ConfigError("--labels: a diffusers model is unconditional here")
+    if args.labels and not args.data:
+        raise ConfigError("--labels goes with --data FILE (the run's own held-out set has its labels)")
+    y, log_density, train, labels = (_load_test(args, cfg, model) if cfg is not None
+                                     else (_diffusers_test(args, model), None, None, None))
     started = time.perf_counter()
     record = evaluate_run(model, y, eval_cfg, log_density, progress=not args.quiet, sampler=meta["time_sampler"],
-                          train=train, ode=args.ode)
+                          train=train, ode=args.ode, labels=labels)
     keys = ("K_bits", "K_bits_scaled", "exact_bits_scaled", "gap_bits", "gap_stderr_bits", "gaussian_bits",
             "K_minus_gaussian_bits", "K_minus_gaussian_stderr_bits", "gaussian_note", "L_null_bits",
-            "K_minus_L_null_bits", "bits_per_dim", "stderr_bits", "n_examples")
+            "K_minus_L_null_bits", "bits_per_dim", "stderr_bits", "labels", "K_bits_unconditional",
+            "bits_per_dim_unconditional", "stderr_bits_unconditional", "label_gain_bits", "label_gain_stderr_bits",
+            "n_examples")
     if args.iw is not None:
         record.update(iw_record(model, y, eval_cfg, args.iw, log_density, progress=not args.quiet))
         keys += ("iw_bits", "iw_bits_scaled", "iw_stderr_bits", "iw_gap_bits", "iw_gap_stderr_bits", "iw_M",
@@ -289,6 +338,7 @@ def cmd_sample(args) -> int:
     from . import distributed
     from .data.arrays import save_array
     from .model import count_calls
+    from .guidance import Guided
     from .sampling.ancestral import sample
 
     check_output("--out", args.out, folder=False)
@@ -298,25 +348,137 @@ def cmd_sample(args) -> int:
         raise ConfigError("--grid sets the time grid of an ODE solver (--solver ddim, heun or dpm++)")
     if args.diffusers and not args.out:
         raise ConfigError("--diffusers needs --out FILE.npy (there is no run folder to write into)")
+    if args.guidance is not None and not args.classes:
+        raise ConfigError("--guidance weighs a class against the null class: give --class C")
+    check_output("--figure", args.figure, folder=False)
     cfg, model, _ = _load_model(args)
+    classes = _sample_classes(args, cfg)  # [None]: the model's own p(x)
     ranks = distributed.init(model.scaler.shift.device)
     if args.n < ranks.world:
         raise ConfigError(f"-n {args.n} is fewer samples than the {ranks.world} processes")
     # Under torchrun rank r draws its share from stream r of the seed; one process (and
-    # rank 0) draws from the seed itself, as it always did.
+    # rank 0) draws from the seed itself, as it always did. Classes in turn, -n each.
     n_own = distributed.shares(args.n, ranks.world)[ranks.rank]
     gen = distributed.stream(args.seed, ranks.rank)
-    with _allocation(n_own), count_calls(model) as calls:
-        x = sample(model, n_own, gen, steps=args.steps, progress=not args.quiet, eta=args.eta, solver=args.solver,
-                   grid=args.grid)
-    x = torch.cat(distributed.all_gather(x))  # in rank order
+    parts = []
+    with _allocation(n_own * len(classes)), count_calls(model) as calls:
+        for c in classes:
+            who = model if c is None else Guided(model, c, args.guidance or 0.0)
+            x = sample(who, n_own, gen, steps=args.steps, progress=not args.quiet, eta=args.eta, solver=args.solver,
+                       grid=args.grid)
+            parts.append(torch.cat(distributed.all_gather(x)))  # in rank order
+    x = torch.cat(parts)
+    n_all = args.n * len(classes)
     rows = float(distributed.all_sum(torch.tensor([float(calls.rows)], dtype=torch.float64))[0])
     out = Path(args.out) if args.out else Path(args.run) / "samples.npy"
-    if ranks.main:
-        save_array(out, np.asarray(model.scaler.inverse(x).numpy()))
     procs = f" by {ranks.world} processes" if ranks.world > 1 else ""
-    print(f"wrote {args.n} samples to {out}{procs}")
-    print(f"network calls per sample (NFE): {rows / args.n:g} ({args.solver})")
+    if ranks.main:
+        y = model.scaler.inverse(x).numpy()
+        save_array(out, np.asarray(y))
+        if classes != [None]:
+            asked = np.repeat(np.asarray(classes, dtype=np.int64), args.n)
+            labels_out = out.with_name(out.stem + "_classes.npy")
+            save_array(labels_out, asked)
+            figure = Path(args.figure) if args.figure else out.with_suffix(".png")
+            _class_figure(figure, y, asked, cfg, args)
+            print(f"wrote the class of each sample to {labels_out} and a figure to {figure}")
+    print(f"wrote {n_all} samples to {out}{procs}")
+    print(f"network calls per sample (NFE): {rows / n_all:g} ({args.solver}"
+          f"{f', guidance {args.guidance:g}: two rows a call' if args.guidance else ''})")
+    return 0
+
+
+def _sample_classes(args, cfg) -> list:
+    """The classes --class names (each, or "all"), as indices; [None] without it."""
+    if not args.classes:
+        return [None]
+    if cfg is None:
+        raise ConfigError("--class: a diffusers model is unconditional here")
+    if args.classes == ["all"] and "all" not in cfg.model.class_names:  # every class, unless one is named so
+        _class_index(cfg, "0")  # an unconditional model's one-line refusal
+        return list(range(cfg.model.num_classes))
+    return [_class_index(cfg, c) for c in args.classes]
+
+
+def _class_figure(path: Path, y, asked, cfg, args) -> None:
+    """Samples per class in one figure: a row of images per class, or 2-D points
+    coloured by class (other data: no figure). Shapes: y (N, *D) data units."""
+    import numpy as np
+
+    from . import plots
+
+    names = [cfg.model.class_names[k] for k in np.unique(asked)]
+    title = f"samples by class (guidance {args.guidance or 0:g})"
+    if y.ndim == 4 and y.shape[1] in (1, 3):
+        per_row = min(args.n, 10)
+        rows = np.concatenate([y[asked == k][:per_row] for k in np.unique(asked)])
+        # 8-bit levels as [0, 1] (level / 256); other images from their own range.
+        lo, hi = (0.0, 256.0) if y.min() >= 0 and y.max() <= 256 else (float(y.min()), float(y.max()))
+        plots.image_grid(path, (rows - lo) / max(hi - lo, 1e-12), title, ncol=per_row, row_labels=names)
+    elif y.ndim == 2 and y.shape[1] == 2:
+        plots.class_points(path, y, asked, list(cfg.model.class_names), title)
+    else:
+        _note(f"thermodiff: no figure: samples of shape {y.shape[1:]} (images or 2-D points have one)")
+
+
+def cmd_classify(args) -> int:
+    import numpy as np
+
+    from . import data as data_mod
+    from .classify import accuracy_record, classify, log_prior_of
+    from .data.arrays import save_array
+    from .plots import confusion_matrix
+    from .run_folder import load_run
+
+    check_output("--out", args.out, folder=False)
+    check_output("--json", args.json, folder=False)
+    check_output("--figure", args.figure, folder=False)
+    if args.labels and not args.data:
+        raise ConfigError("--labels goes with --data FILE (the run's own held-out set has its labels)")
+    cfg, model, meta = load_run(args.run, which=args.checkpoint)
+    if not model.num_classes:
+        raise ConfigError(f"{args.run}: an unconditional model (model.num_classes = 0) cannot classify; train one "
+                          "with labels (--labels FILE, or model.num_classes = -1 on a labelled data set)")
+    try:
+        dataset = data_mod.load(cfg.data)
+    except ThermodiffError as exc:
+        if not args.data:
+            raise
+        _note(f"thermodiff: a uniform prior over the classes: the run's training labels cannot be read ({exc})")
+        dataset = None
+    if args.data:
+        check_path("--data", args.data)
+        kind = cfg.data.kind if cfg.data.name == "array" else ""
+        y = data_mod.read_held_out(args.data, kind, dequantize_seed=cfg.data.seed + data_mod.TEST_NOISE_SEED)
+        y = model.check_data(y, args.data)
+        labels = _file_labels(args, cfg, y.shape[0])
+    else:
+        y, labels = dataset.test, dataset.test_labels
+    if args.max_examples:
+        y = y[: args.max_examples]
+        labels = labels[: args.max_examples] if labels is not None else None
+    log_prior = log_prior_of(dataset.train_labels if dataset is not None else None, model.num_classes)
+    n_t = args.n_t or 16
+    print(f"weights: {meta['checkpoint']}")
+    started = time.perf_counter()
+    post = classify(model, y, log_prior, n_t=n_t, batch_size=cfg.eval.batch_size, seed=cfg.eval.seed,
+                    sampler=meta["time_sampler"], progress=not args.quiet)
+    save_array(Path(args.out), post.probs.numpy())
+    names = list(cfg.model.class_names)
+    record = {"n_examples": y.shape[0], "n_t": n_t, "class_names": names,
+              "prior": "the training labels' frequencies" if log_prior is not None else "uniform",
+              "classify_seconds": time.perf_counter() - started, "checkpoint": meta["checkpoint"]}
+    print(f"wrote the class probabilities of {y.shape[0]} examples to {args.out}")
+    if labels is not None:
+        record.update(accuracy_record(post, labels, names))
+        figure = Path(args.figure) if args.figure else Path(args.out).with_suffix(".png")
+        acc = record["accuracy"]
+        confusion_matrix(figure, np.asarray(record["confusion"]), names,
+                         f"likelihood classifier: accuracy {acc:.4f} on {y.shape[0]} examples ({n_t} times each)")
+        print(f"wrote the confusion matrix to {figure}")
+    _print_record(record, ("accuracy", "accuracy_stderr", "mean_log_prob_true", "prob_stderr_mean", "n_examples",
+                           "n_t", "classify_seconds"))
+    _write_record(args, record)
     return 0
 
 
@@ -482,7 +644,15 @@ def cmd_condition(args) -> int:
         raise ConfigError("give --known FILE with --mask FILE (inpainting), or --observe FILE with --noise SIGMA")
     check_output("--out", args.out, folder=False)
     check_output("--figure", args.figure, folder=False)
+    if args.guidance is not None and args.cls is None:
+        raise ConfigError("--guidance weighs a class against the null class: give --class C")
     cfg, model, _ = _load_model(args)
+    if args.cls is not None:  # a conditional model's class, guided: p(x | y) r(x), guidance on its prediction
+        from .guidance import Guided
+
+        if cfg is None:
+            raise ConfigError("--class: a diffusers model is unconditional here")
+        model = Guided(model, _class_index(cfg, args.cls), args.guidance or 0.0)
     mask = _condition_array(args.mask, model, "mask") if args.mask else None
     if args.known is not None:
         if mask is None:
@@ -565,6 +735,8 @@ def cmd_bench(args) -> int:
         return _bench_ode(args)
     if args.name == "vs-diffusers":
         return _bench_diffusers(args)
+    if args.name == "mnist-cond":
+        return _bench_conditional(args)
     if args.name not in BENCHMARKS:
         raise DataError(f"unknown benchmark {args.name!r}; choose one of {', '.join(BENCHMARKS)}, condition, "
                         "inpaint-mnist, ode-likelihood, samplers, vs-diffusers")
@@ -580,6 +752,18 @@ def cmd_bench(args) -> int:
                            "K_minus_L_null_bits", "bits_per_dim", "valid_fraction", "parzen_bits", "images_per_second",
                            "iw_bits_scaled", "iw_gap_bits",
                            "iw_gap_stderr_bits", "iw_M", "train_seconds", "device"))
+    _write_record(args, record)
+    return 0
+
+
+def _bench_conditional(args) -> int:
+    """`bench mnist-cond` (``bench_conditional``): a class-conditional U-Net, its two
+    bounds, guided samples' quality and the likelihood classifier."""
+    from .bench_conditional import markdown, run
+
+    out = Path(args.out) if args.out else Path("runs") / f"bench-mnist-cond{'-smoke' if args.smoke else ''}"
+    record = run(out, smoke=args.smoke, progress=not args.quiet, trained=args.run)
+    print(markdown(record), end="")
     _write_record(args, record)
     return 0
 
@@ -670,6 +854,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--test", help="held-out array (default: a held-out fraction of --data)")
     t.add_argument("--validation", help="validation array that monitors training (default: data.validation_fraction "
                    "of --data)")
+    t.add_argument("--labels", help="class labels of --data's examples (.npy, or a one-column .csv of integers or "
+                   "strings, header allowed): a class-conditional model (model.num_classes = -1)")
+    t.add_argument("--test-labels", dest="test_labels", help="class labels of --test's examples")
     t.add_argument("--out", help="run folder (default runs/NAME)")
     t.add_argument("--steps", type=int)
     t.add_argument("--seed", type=int)
@@ -681,6 +868,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--diffusers", metavar="DIR",
                    help="evaluate a diffusers model folder (UNet2DModel and scheduler) instead of a RUN")
     e.add_argument("--data", help="held-out array (default: the run's held-out set)")
+    e.add_argument("--labels", help="a conditional model: the labels of --data (.npy or a one-column .csv); K is "
+                   "then log p(x | y)'s, with log p(x)'s beside it")
     e.add_argument("--json", help="write the record here")
     e.add_argument("--n-t", type=int, dest="n_t", help="diffusion times per example")
     _iw_arguments(e, None, "also the importance-weighted (Jarzynski) estimate with M trajectories per example")
@@ -715,8 +904,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--grid", choices=("edm", "log-snr", "uniform-t"),
                    help="an ODE solver's time grid (default: edm for ddim and heun, log-snr for dpm++)")
     s.add_argument("--eta", type=float, help="DDIM kernels with this eta (0: deterministic; default: the model's own)")
+    s.add_argument("--class", action="append", dest="classes", metavar="C",
+                   help="a conditional model: -n samples of class C (a name or an index; again for more classes; "
+                        "'all': every class), with a figure of them by class")
+    s.add_argument("--guidance", type=float, help="classifier-free guidance weight w >= 0 with --class (default 0: "
+                   "the plain p(x | y)): (1 + w) pred(x, y) - w pred(x, null)")
+    s.add_argument("--figure", help="with --class: the figure's path (default: --out with .png)")
     _checkpoint_argument(s)
     s.set_defaults(func=cmd_sample)
+
+    cl = sub.add_parser("classify", help="the likelihood as a classifier: p(y | x) from a conditional model's bounds")
+    cl.add_argument("run")
+    cl.add_argument("--data", help="examples to classify (default: the run's held-out set, with its labels)")
+    cl.add_argument("--labels", help="the true labels of --data (.npy or a one-column .csv): accuracy and a "
+                    "confusion matrix")
+    cl.add_argument("--out", required=True, help="class probabilities (.npy), shape (N, classes)")
+    cl.add_argument("--n-t", type=int, dest="n_t", help="diffusion times per example, shared by its classes "
+                    "(default 16)")
+    cl.add_argument("--max-examples", type=int, dest="max_examples", help="classify the first N examples only")
+    cl.add_argument("--json", help="write the record here")
+    cl.add_argument("--figure", help="the confusion matrix's path (default: --out with .png)")
+    _checkpoint_argument(cl)
+    cl.set_defaults(func=cmd_classify)
 
     en = sub.add_parser("encode", help="one latent per example: the probability-flow ODE from the data to noise")
     en.add_argument("run")
@@ -766,6 +975,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--solver", choices=("ancestral", "ddim", "heun", "dpm++"), default="ancestral",
                    help="ancestral: the stochastic chain (default); an ODE solver for methods guidance and product")
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--class", dest="cls", metavar="C", help="a conditional model: condition p(x | y = C) (a class "
+                   "name or index) instead of p(x)")
+    c.add_argument("--guidance", type=float, help="classifier-free guidance weight w >= 0 with --class (default 0)")
     c.add_argument("--figure", help="figure path (default: --out with .png)")
     c.add_argument("--original", help="the clean examples (.npy), shown in the figure")
     _checkpoint_argument(c)
@@ -777,7 +989,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", help="run folder (default runs/bench-NAME)")
     b.add_argument("--smoke", action="store_true", help="a tiny version, for CI")
     b.add_argument("--run", help="inpaint-mnist: the trained binary-image run to use; ode-likelihood, samplers: a "
-                   "trained swissroll run (default: trained here)")
+                   "trained swissroll run (default: trained here); mnist-cond: a run trained from its config "
+                   "(evaluated, not trained again)")
     b.add_argument("--mixture-run", dest="mixture_run", help="ode-likelihood: a trained iw-mixture run "
                    "(default: trained here)")
     b.add_argument("--mnist-run", dest="mnist_run", help="ode-likelihood, samplers: a trained mnist run for the "
@@ -844,6 +1057,8 @@ def _flag_ranges() -> dict:
         "ode_rtol": ("--ode-rtol (eval.ode_rtol)", (0, 1, True, True), False, None),
         "ode_probes": ("--ode-probes (eval.ode_probes)", at_least_0, True, None),
         "ode_examples": ("--ode-examples (eval.ode_examples)", at_least_1, True, None),
+        "guidance": ("--guidance", at_least_0, False, None),
+        "max_examples": ("--max-examples", at_least_1, True, None),
     }
 
 

@@ -43,6 +43,8 @@ __all__ = [
     "iw_curve",
     "entropy_bounds",
     "conditioned_points",
+    "class_points",
+    "confusion_matrix",
 ]
 
 DPI = 120
@@ -819,4 +821,78 @@ def error_vs_nfe(
     ax.set_title(title, fontsize="medium")
     ax.grid(True, which="both", lw=0.5, alpha=0.4)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def class_points(
+    path: str | os.PathLike[str],
+    samples: np.ndarray,
+    labels: np.ndarray,
+    names: Sequence[str],
+    title: str,
+) -> Path:
+    """Samples of a class-conditional model, one colour per class asked for.
+
+    Shapes: samples: (N, 2); labels: (N,) class indices into names.
+    """
+    s = _points("samples", samples)
+    y = np.asarray(labels)
+    lim = _auto_lim([s])
+    fig = _new_figure(PANEL_SIZE + 1.6, PANEL_SIZE + 0.55)
+    ax = fig.subplots()
+    colours = _class_colours(len(names))
+    for k in np.unique(y):
+        _scatter(ax, s[y == k], colours[int(k)], label=str(names[int(k)]))
+    ax.legend(fontsize="small", markerscale=3, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    _style_cloud_axes(ax, lim)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _class_colours(n: int) -> list:
+    """n distinguishable colours as hex strings (tab10, then tab20's, then a continuous
+    map); strings, so that a class of 3 or 4 points does not read its colour as values."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    if n <= 10:
+        return [to_hex(colormaps["tab10"](i)) for i in range(n)]
+    if n <= 20:
+        return [to_hex(colormaps["tab20"](i)) for i in range(n)]
+    return [to_hex(colormaps["viridis"](i / max(n - 1, 1))) for i in range(n)]
+
+
+def confusion_matrix(
+    path: str | os.PathLike[str],
+    counts: np.ndarray,
+    names: Sequence[str],
+    title: str,
+) -> Path:
+    """A confusion matrix: rows the true class, columns the predicted one, each row as
+    shares of its examples (the counts written in the cells where they fit).
+
+    Shapes: counts: (C, C).
+    """
+    c = np.asarray(counts, dtype=np.float64)
+    if c.ndim != 2 or c.shape[0] != c.shape[1] or c.shape[0] != len(names):
+        raise ValueError(f"counts: expected ({len(names)}, {len(names)}), got shape {c.shape}")
+    share = c / np.maximum(c.sum(1, keepdims=True), 1)
+    k = len(names)
+    side = min(12.0, 1.5 + 0.45 * k)
+    fig = _new_figure(side + 1.0, side)
+    ax = fig.subplots()
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ticks = list(range(k))
+    ax.set_xticks(ticks, [str(n) for n in names], rotation=90 if max(len(str(n)) for n in names) > 3 else 0)
+    ax.set_yticks(ticks, [str(n) for n in names])
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                if c[i, j]:
+                    ax.text(j, i, f"{int(c[i, j])}", ha="center", va="center", fontsize="x-small",
+                            color="white" if share[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    fig.suptitle(title)
     return _save(fig, path)

@@ -27,11 +27,16 @@ import itertools
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
+
+# The feature classifiers that benchmarks train (``bench.cache_dir``) go to a folder of
+# the test session, not to the user's cache; subprocesses inherit it.
+os.environ.setdefault("THERMODIFF_CACHE", tempfile.mkdtemp(prefix="thermodiff-test-cache-"))
 
 # -- the command line -----------------------------------------------------------------
 

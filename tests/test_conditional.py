@@ -333,3 +333,40 @@ def test_classes_come_from_the_labels_or_are_refused():
     with pytest.raises(ConfigError, match="needs class labels"):
         with_classes(_cfg(), unlabelled)
     assert with_classes(config_mod.Config(), unlabelled) == config_mod.Config()  # unconditional: as it is
+
+
+def test_held_out_checks_of_a_conditional_model_use_the_labels():
+    from thermodiff.monitor import HeldOutMonitor
+
+    mix = _mixture_2d()
+    model = class_mixture_model(mix, _schedule())
+    gen = torch.Generator().manual_seed(3)
+    y = torch.multinomial(mix.weights, 400, replacement=True, generator=gen)
+    x = torch.stack([_components(mix)[int(k)].sample() for k in y]).to(torch.float64)
+    with_labels = HeldOutMonitor(x[:200], x[200:], 200, 16, 10**6, 0, y[:200], y[200:])(model)
+    without = HeldOutMonitor(x[:200], x[200:], 200, 16, 10**6, 0)(model)
+    # the labels are worth E log2 p(y | x) / p(y) bits per example, about 0.6 here
+    assert with_labels["val_bits"] > without["val_bits"] + 0.3
+
+
+def test_binary_data_train_a_conditional_binomial_model(tmp_path):
+    # two classes of 8-bit vectors: the first half on, or the second; guidance draws the class
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 2, (800,), generator=gen)
+    x = torch.zeros(800, 8, dtype=torch.float64)
+    x[y == 0, :4], x[y == 1, 4:] = 1.0, 1.0
+    flip = torch.rand(800, 8, generator=gen) < 0.05
+    x = torch.where(flip, 1 - x, x)
+    data = Dataset(x[:700], x[700:], train_labels=y[:700], test_labels=y[700:], class_names=("low", "high"))
+    cfg = config_mod.load(config_mod.config_path("binary"))
+    cfg = config_mod.replace(cfg, process={"T": 20}, model={"width": 64, "depth": 2, "num_classes": -1},
+                             data={"validation_fraction": 0.0},
+                             train={"steps": 300, "batch_size": 128, "validate_every": 0, "patience": 0,
+                                    "lr": 3e-3, "log_every": 100})
+    model = fit(cfg, data, tmp_path / "run", progress=False, log=lambda *a: None)
+    for k in range(2):
+        s = sample(Guided(model, k, 1.0), 200, torch.Generator().manual_seed(k))
+        first_half = s[:, :4].mean(1) > s[:, 4:].mean(1)
+        assert float(first_half.double().mean()) > 0.9 if k == 0 else float(first_half.double().mean()) < 0.1
+    record = evaluate_run(model, data.test, config_mod.EvalConfig(n_t=19, batch_size=4096), labels=data.test_labels)
+    assert record["label_gain_bits"] > 0.5  # one bit of class, nearly all of it told by the data

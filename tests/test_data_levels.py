@@ -55,9 +55,30 @@ def test_mnist_bench_smoke(tmp_path, run):
     assert r.returncode == 0, r.stderr
     rec = json.loads((tmp_path / "b.json").read_text())
     for key in ("bits_per_dim", "stderr_bits", "parzen_bits", "train_seconds", "images_per_second",
-                "sampling_steps", "device", "commit"):
+                "sampling_steps", "device", "commit", "fd_samples", "kid_samples", "fd_floor",
+                "classifier_test_accuracy"):
         assert key in rec, key
     assert rec["n_samples"] == 16 and rec["sampling_steps"] == 6
+
+
+@pytest.mark.skipif(not MNIST_ROOT.exists(), reason=f"real MNIST not found at {MNIST_ROOT}")
+def test_mnist_cond_bench_smoke(tmp_path, run):
+    import json
+
+    r = run("bench", "mnist-cond", "--smoke", "--out", tmp_path / "b", "--json", tmp_path / "b.json")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((tmp_path / "b.json").read_text())
+    for key in ("bits_per_dim", "bits_per_dim_unconditional", "label_gain_bits", "fd_unconditional", "kid_floor",
+                "fd_guided_w0", "fd_guided_w3", "classified_as_asked_w1", "likelihood_classifier_accuracy",
+                "classifier_test_accuracy", "train_steps", "commit"):
+        assert key in rec, key
+    assert rec["labels"] == "true" and rec["config"]["model"]["num_classes"] == 10
+    # evaluating the trained run again (--run) gives the same bounds
+    r = run("bench", "mnist-cond", "--smoke", "--run", tmp_path / "b", "--out", tmp_path / "c",
+            "--json", tmp_path / "c.json")
+    assert r.returncode == 0, r.stderr
+    again = json.loads((tmp_path / "c.json").read_text())
+    assert again["bits_per_dim"] == rec["bits_per_dim"] and again["train_steps"] == rec["train_steps"]
 
 
 def test_cifar_imagefolder_and_deadleaves_through_the_loader(tmp_path):

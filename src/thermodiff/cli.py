@@ -151,24 +151,38 @@ def _load_test(args, cfg, model):
     where known, the run's training data for the Gaussian baseline (None, with a
     note, where they cannot be read), and a conditional model's held-out labels (the
     run's own, or --labels FILE beside --data; None without)."""
+    dataset = _run_data(args, cfg, "no Gaussian baseline: the run's training data")
+    train = dataset.train_continuous(cfg.train.seed) if dataset is not None else None
+    if args.data:
+        y = _data_flag(args, cfg, model)
+        return y, None, train, _file_labels(args, cfg, y.shape[0])
+    labels = dataset.test_labels if model.num_classes else None
+    return dataset.test, dataset.log_density, train, labels
+
+
+def _run_data(args, cfg, without: str):
+    """The run's data set; where --data stands in for its held-out set and the run's
+    data cannot be read, None and a note ("`without` cannot be read")."""
     from . import data as data_mod
 
     try:
-        dataset = data_mod.load(cfg.data)
+        return data_mod.load(cfg.data)
     except ThermodiffError as exc:
         if not args.data:
             raise
-        _note(f"thermodiff: no Gaussian baseline: the run's training data cannot be read ({exc})")
-        dataset = None
-    train = dataset.train_continuous(cfg.train.seed) if dataset is not None else None
-    if args.data:
-        # Read as the run's own array data are (8-bit images dequantised once, seeded
-        # as its held-out set is); other runs' files as stored.
-        kind = cfg.data.kind if cfg.data.name == "array" else ""
-        y = data_mod.read_held_out(args.data, kind, dequantize_seed=cfg.data.seed + data_mod.TEST_NOISE_SEED)
-        return model.check_data(y, args.data), None, train, _file_labels(args, cfg, y.shape[0])
-    labels = dataset.test_labels if model.num_classes else None
-    return dataset.test, dataset.log_density, train, labels
+        _note(f"thermodiff: {without} cannot be read ({exc})")
+        return None
+
+
+def _data_flag(args, cfg, model):
+    """--data FILE read as the run's own array data are (8-bit images dequantised once,
+    seeded as its held-out set is; other runs' files as stored), checked against the model."""
+    from . import data as data_mod
+
+    check_path("--data", args.data)
+    kind = cfg.data.kind if cfg.data.name == "array" else ""
+    y = data_mod.read_held_out(args.data, kind, dequantize_seed=cfg.data.seed + data_mod.TEST_NOISE_SEED)
+    return model.check_data(y, args.data)
 
 
 def _file_labels(args, cfg, n: int):
@@ -424,7 +438,6 @@ def _class_figure(path: Path, y, asked, cfg, args) -> None:
 def cmd_classify(args) -> int:
     import numpy as np
 
-    from . import data as data_mod
     from .classify import accuracy_record, classify, log_prior_of
     from .data.arrays import save_array
     from .plots import confusion_matrix
@@ -439,18 +452,9 @@ def cmd_classify(args) -> int:
     if not model.num_classes:
         raise ConfigError(f"{args.run}: an unconditional model (model.num_classes = 0) cannot classify; train one "
                           "with labels (--labels FILE, or model.num_classes = -1 on a labelled data set)")
-    try:
-        dataset = data_mod.load(cfg.data)
-    except ThermodiffError as exc:
-        if not args.data:
-            raise
-        _note(f"thermodiff: a uniform prior over the classes: the run's training labels cannot be read ({exc})")
-        dataset = None
+    dataset = _run_data(args, cfg, "a uniform prior over the classes: the run's training labels")
     if args.data:
-        check_path("--data", args.data)
-        kind = cfg.data.kind if cfg.data.name == "array" else ""
-        y = data_mod.read_held_out(args.data, kind, dequantize_seed=cfg.data.seed + data_mod.TEST_NOISE_SEED)
-        y = model.check_data(y, args.data)
+        y = _data_flag(args, cfg, model)
         labels = _file_labels(args, cfg, y.shape[0])
     else:
         y, labels = dataset.test, dataset.test_labels

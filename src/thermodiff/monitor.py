@@ -58,25 +58,33 @@ class HeldOutMonitor:
     """K on the first `n_examples` validation examples and on as many training examples
     (data units, bits), with `n_t` stratified times per example and a fixed seed.
 
+    A class-conditional model is checked on log p(x | y) where both sets have labels
+    (`validation_labels`, `train_labels`), else on log p(x) (the null class).
+
     Shapes: validation (V, *D), train (N, *D), both in the data's own units (integer
-    levels already dequantised once).
+    levels already dequantised once); labels (V,), (N,) int64 or None.
     """
 
     def __init__(self, validation: torch.Tensor, train: torch.Tensor, n_examples: int, n_t: int,
-                 batch_size: int, seed: int):
+                 batch_size: int, seed: int, validation_labels: torch.Tensor | None = None,
+                 train_labels: torch.Tensor | None = None):
         self.validation = validation[:n_examples]
         self.train = train[: self.validation.shape[0]]
         self.n_t, self.batch_size, self.seed = n_t, batch_size, seed
+        both = validation_labels is not None and train_labels is not None
+        self.validation_labels = validation_labels[:n_examples] if both else None
+        self.train_labels = train_labels[: self.validation.shape[0]] if both else None
 
-    def _bits(self, model: DiffusionModel, y: torch.Tensor) -> dict:
+    def _bits(self, model: DiffusionModel, y: torch.Tensor, labels: torch.Tensor | None) -> dict:
         # Stratified uniform times, not the run's learned proposal: that one moves as
         # training goes on, and the checks would no longer share their times.
-        terms = evaluate(model, y, n_t=self.n_t, batch_size=self.batch_size, seed=self.seed)
+        terms = evaluate(model, y, n_t=self.n_t, batch_size=self.batch_size, seed=self.seed,
+                         labels=labels if model.num_classes else None)
         return summarize(model, terms, y)
 
     def __call__(self, model: DiffusionModel) -> dict:
         """One check of `model` (left in eval mode): val_bits and its standard error,
         train_eval_bits on the training examples. Shapes: none (a dict of floats)."""
-        val = self._bits(model, self.validation)
-        train = self._bits(model, self.train)
+        val = self._bits(model, self.validation, self.validation_labels)
+        train = self._bits(model, self.train, self.train_labels)
         return {"val_bits": val["K_bits"], "val_stderr_bits": val["stderr_bits"], "train_eval_bits": train["K_bits"]}

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_path
-from .errors import DataError
+from .errors import ConfigError, DataError
 
 # Part of every cache file's name: a change of the architecture or of the training
 # recipe must not load an older net.
@@ -77,6 +77,21 @@ def _check_images(images: torch.Tensor, what: str) -> torch.Tensor:
     return images
 
 
+def _check_labels(labels, n: int, num_classes: int | None, what: str) -> torch.Tensor:
+    """Labels as int64 (N,), one per image (and in 0..num_classes-1 where given):
+    a label out of range would otherwise be an IndexError deep inside cross_entropy,
+    and a wrong count would broadcast silently in a comparison."""
+    labels = torch.as_tensor(labels)
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise DataError(f"{what}: labels must be integers, got {labels.dtype}")
+    labels = labels.to(torch.long)
+    if labels.shape != (n,):
+        raise DataError(f"{what}: labels of shape {tuple(labels.shape)} for {n} images")
+    if num_classes is not None and n and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise DataError(f"{what}: labels must lie in 0..{num_classes - 1}, got {int(labels.min())}..{int(labels.max())}")
+    return labels
+
+
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: int = 0, epochs: int = 3,
                      batch_size: int = 128, lr: float = 2e-3, progress: bool = False) -> FeatureNet:
     """Train a FeatureNet on labelled images with Adam, deterministically in the seed
@@ -85,9 +100,10 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
     Shapes: images (N, C, H, W) levels, labels (N,) int64 in 0..num_classes-1.
     """
     images = _check_images(images, "classifier training images")
-    labels = torch.as_tensor(labels, dtype=torch.long)
-    if labels.shape != (images.shape[0],):
-        raise DataError(f"{labels.shape[0] if labels.dim() else 0} labels for {images.shape[0]} training images")
+    if num_classes < 1 or epochs < 1 or batch_size < 1 or not lr > 0:
+        raise ConfigError(f"the feature classifier needs num_classes, epochs and batch_size >= 1 and lr > 0, got "
+                          f"{num_classes}, {epochs}, {batch_size} and {lr}")
+    labels = _check_labels(labels, images.shape[0], num_classes, "classifier training images")
     with torch.random.fork_rng(devices=[]):  # the caller's global stream is left as it was
         torch.manual_seed(seed)
         net = FeatureNet(images.shape[1], num_classes)
@@ -119,32 +135,39 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
 
 
 @torch.no_grad()
-def _batched(fn, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return torch.cat([fn(images[i : i + batch_size]) for i in range(0, images.shape[0], batch_size)])
+def _batched(net: FeatureNet, fn, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """fn over batches of images on the net's device, the result on the CPU."""
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    device = next(net.parameters()).device
+    return torch.cat([fn(images[i : i + batch_size].to(device)).cpu() for i in range(0, images.shape[0], batch_size)])
 
 
 def features(net: FeatureNet, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """The classifier's features of images. Shapes: (N, C, H, W) -> (N, F) float64."""
     net.eval()
-    return _batched(net.features, _check_images(images, "images"), batch_size).to(torch.float64)
+    return _batched(net, net.features, _check_images(images, "images"), batch_size).to(torch.float64)
 
 
 def predict_classes(net: FeatureNet, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """The classifier's most probable class. Shapes: (N, C, H, W) -> (N,) int64."""
     net.eval()
-    return _batched(net, _check_images(images, "images"), batch_size).argmax(1)
+    return _batched(net, net, _check_images(images, "images"), batch_size).argmax(1)
 
 
 def accuracy(net: FeatureNet, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024) -> float:
     """The share of images classified as labelled. Shapes: (N, C, H, W), (N,)."""
-    return float((predict_classes(net, images, batch_size) == torch.as_tensor(labels)).to(torch.float64).mean())
+    predicted = predict_classes(net, images, batch_size)
+    return float((predicted == _check_labels(labels, predicted.shape[0], None, "images")).to(torch.float64).mean())
 
 
-def _cache_key(images: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: int, epochs: int) -> str:
+def _cache_key(images: torch.Tensor, labels: torch.Tensor, settings: dict, seed: int, epochs: int) -> str:
+    """sha256 of what determines the trained net: the images' values, the labels, the
+    shape, the architecture's settings, the seed, the epochs and the recipe's version."""
     h = hashlib.sha256()
-    h.update(np.ascontiguousarray(images.to(torch.float32).numpy()).tobytes())
-    h.update(np.ascontiguousarray(torch.as_tensor(labels, dtype=torch.long).numpy()).tobytes())
-    h.update(repr((tuple(images.shape), num_classes, seed, epochs, RECIPE_VERSION)).encode())
+    h.update(np.ascontiguousarray(images.detach().cpu().to(torch.float32).numpy()).tobytes())
+    h.update(np.ascontiguousarray(torch.as_tensor(labels).detach().cpu().to(torch.long).numpy()).tobytes())
+    h.update(repr((tuple(images.shape), sorted(settings.items()), seed, epochs, RECIPE_VERSION)).encode())
     return h.hexdigest()[:24]
 
 
@@ -163,17 +186,21 @@ def load_or_train(train_images: torch.Tensor, train_labels: torch.Tensor, test_i
     from safetensors.torch import load_file, save_file
 
     _check_images(train_images, "classifier training images")
+    _check_labels(train_labels, train_images.shape[0], num_classes, "classifier training images")
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
-    path = cache / f"feature-classifier-{_cache_key(train_images, train_labels, num_classes, seed, epochs)}.safetensors"
+    candidate = FeatureNet(train_images.shape[1], num_classes)
+    key = _cache_key(train_images, train_labels, candidate.settings, seed, epochs)
+    path = cache / f"feature-classifier-{key}.safetensors"
     net, cached = None, False
     if path.is_file():
         try:
-            candidate = FeatureNet(train_images.shape[1], num_classes)
-            candidate.load_state_dict(load_file(path))
-            net, cached = candidate.eval(), True
+            tensors = load_file(str(path))
+            if all(t.is_floating_point() and bool(torch.isfinite(t).all()) for t in tensors.values()):
+                candidate.load_state_dict(tensors)  # strict: every tensor present, each of its shape
+                net, cached = candidate.eval(), True
         except (OSError, RuntimeError, SafetensorError, ValueError):
-            net = None  # unreadable or of another shape: trained again, the file replaced
+            pass  # unreadable, of another shape or not finite: trained again, the file replaced
     if net is None:
         net = train_classifier(train_images, train_labels, num_classes, seed=seed, epochs=epochs, progress=progress)
         with atomic_path(path) as tmp:
@@ -192,6 +219,12 @@ def frechet_gaussians(mu1: torch.Tensor, cov1: torch.Tensor, mu2: torch.Tensor, 
     Shapes: mu (F,), cov (F, F) -> float.
     """
     mu1, mu2, cov1, cov2 = (torch.as_tensor(v, dtype=torch.float64) for v in (mu1, mu2, cov1, cov2))
+    d = mu1.shape[0] if mu1.dim() == 1 else -1
+    if d < 1 or mu2.shape != (d,) or cov1.shape != (d, d) or cov2.shape != (d, d):
+        raise DataError(f"Gaussians need means (F,) and covariances (F, F) of one F, got {tuple(mu1.shape)}, "
+                        f"{tuple(cov1.shape)}, {tuple(mu2.shape)} and {tuple(cov2.shape)}")
+    if not all(bool(torch.isfinite(v).all()) for v in (mu1, mu2, cov1, cov2)):
+        raise DataError("the Gaussians' means or covariances hold NaN or inf")
     vals, vecs = torch.linalg.eigh((cov1 + cov1.T) / 2)
     root1 = (vecs * vals.clamp(min=0).sqrt()) @ vecs.T
     middle = root1 @ cov2 @ root1
@@ -235,6 +268,8 @@ def kernel_distance(f1: torch.Tensor, f2: torch.Tensor, subsets: int = 100, subs
     """
     f1, f2 = torch.as_tensor(f1, dtype=torch.float64), torch.as_tensor(f2, dtype=torch.float64)
     _check_features(f1, f2)
+    if subsets < 1:
+        raise ConfigError(f"KID needs at least 1 subset, got {subsets}")
     m = min(subset_size, f1.shape[0], f2.shape[0])
     if m < 2:
         raise DataError(f"KID needs subsets of at least 2 rows; the feature sets have {f1.shape[0]} and {f2.shape[0]}")

@@ -340,10 +340,16 @@ def _monitor(cfg: config_mod.Config, data: Dataset, log) -> HeldOutMonitor | Non
     if tc.validate_every == 0:
         return None
     held_out, where = data.validation, f"validation set ({data.validation_source})"
+    labels = data.validation_labels
     if held_out is None:
         held_out, where = data.test, "held-out test set (no validation set: its K then guides the choice of weights)"
+        labels = data.test_labels
     train = data.train_continuous(cfg.train.seed)  # integer levels: the one draw the scaling was fitted to
-    monitor = HeldOutMonitor(held_out, train, tc.validate_examples, tc.validate_n_t, cfg.eval.batch_size, cfg.eval.seed)
+    conditional = cfg.model.num_classes != 0 and labels is not None
+    monitor = HeldOutMonitor(held_out, train, tc.validate_examples, tc.validate_n_t, cfg.eval.batch_size, cfg.eval.seed,
+                             labels if conditional else None, data.train_labels if conditional else None)
+    if cfg.model.num_classes:
+        where += ", with its labels: log p(x | y)" if conditional else ", without labels: log p(x)"
     stop = f"; training stops after {tc.patience} checks without a better one" if tc.patience else ""
     log(f"held-out K every {tc.validate_every} steps on {monitor.validation.shape[0]} examples of the {where}{stop}")
     return monitor

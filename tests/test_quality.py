@@ -252,7 +252,7 @@ def test_load_or_train_caches_by_data_seed_and_recipe(task, tmp_path):
     cache = tmp_path / "a" / "cache"  # made where missing
     first, rec = load_or_train(x, y, xt, yt, 3, cache, seed=0, epochs=10)
     assert not rec["classifier_cached"] and rec["classifier_test_accuracy"] == 1.0
-    assert rec["classifier_seed"] == 0 and rec["classifier_epochs"] == 3
+    assert rec["classifier_seed"] == 0 and rec["classifier_epochs"] == 10
     assert re.fullmatch(r"feature-classifier-[0-9a-f]{24}\.safetensors", rec["classifier_path"].rsplit("/", 1)[1])
     assert set(load_file(rec["classifier_path"])) == set(first.state_dict())  # safetensors, not a pickle
     second, rec2 = load_or_train(x, y, xt, yt, 3, cache, seed=0, epochs=10)

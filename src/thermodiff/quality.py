@@ -88,7 +88,8 @@ def _check_labels(labels, n: int, num_classes: int | None, what: str) -> torch.T
     if labels.shape != (n,):
         raise DataError(f"{what}: labels of shape {tuple(labels.shape)} for {n} images")
     if num_classes is not None and n and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise DataError(f"{what}: labels must lie in 0..{num_classes - 1}, got {int(labels.min())}..{int(labels.max())}")
+        raise DataError(f"{what}: labels must lie in 0..{num_classes - 1}, "
+                        f"got {int(labels.min())}..{int(labels.max())}")
     return labels
 
 
@@ -176,9 +177,12 @@ def load_or_train(train_images: torch.Tensor, train_labels: torch.Tensor, test_i
                   progress: bool = False) -> tuple[FeatureNet, dict]:
     """The feature classifier of a labelled data set: loaded from `cache_dir` where a
     net of the same data, labels, seed and recipe was trained before, else trained and
-    written there (safetensors, atomically; a file that cannot be read is trained
-    again). Returns the net and its record: ``classifier_test_accuracy``,
-    ``classifier_seed``, ``classifier_epochs``, ``classifier_cached``, ``classifier_path``.
+    written there (safetensors, atomically; a file that cannot be read, or whose
+    tensors do not fit the architecture or are not finite, is trained again and
+    replaced). The file's name holds a sha256 of the training images, their labels and
+    shape, the architecture's settings, the seed, the epochs and RECIPE_VERSION.
+    Returns the net and its record: ``classifier_test_accuracy``, ``classifier_seed``,
+    ``classifier_epochs``, ``classifier_cached``, ``classifier_path``.
 
     Shapes: train_images (N, C, H, W), test_images (M, C, H, W) levels; labels (N,), (M,).
     """

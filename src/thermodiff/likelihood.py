@@ -154,6 +154,11 @@ def bound_terms(model: DiffusionModel, x0: torch.Tensor, n_t: int, generator: to
     b = x0.shape[0]
     dev = x0.device
     noise = model.process.noise
+    cond = None if cond is None else cond.to(dev)
+
+    def repeated(n):  # the labels of x0.repeat_interleave(n, 0)
+        return None if cond is None else cond.repeat_interleave(n, 0)
+
     if model.schedule.continuous:
         sampler = sampler or TimeSampler(n_t)
         k = sampler.n_bins
@@ -161,8 +166,7 @@ def bound_terms(model: DiffusionModel, x0: torch.Tensor, n_t: int, generator: to
         bins, pos, weight = sampler.quantile(u.reshape(-1))
         t = ((bins + pos) / k).to(dev)
         eps = noise((b * n_t,) + x0.shape[1:], generator, dev)
-        rep = None if cond is None else cond.to(dev).repeat_interleave(n_t, 0)
-        resid = diffusion_integrand(model, x0.repeat_interleave(n_t, 0), t, eps, rep) * weight.to(dev) / n_t
+        resid = diffusion_integrand(model, x0.repeat_interleave(n_t, 0), t, eps, repeated(n_t)) * weight.to(dev) / n_t
         edges = model.schedule.gamma(torch.linspace(0, 1, k + 1, dtype=torch.float64, device=dev))
         vals = reference_diffusion(x0, edges[:-1], edges[1:])  # (B, k), exact
         draws = vals.sum(1, keepdim=True) + n_t * resid.reshape(b, n_t)
@@ -186,15 +190,14 @@ def bound_terms(model: DiffusionModel, x0: torch.Tensor, n_t: int, generator: to
             weight = width.to(dev)
             centres = (lo + 2 + (width - 1) / 2) / T  # middle step of each stratum
         eps = noise((b * n,) + x0.shape[1:], generator, dev)
-        kl = kl_term(model, x0.repeat_interleave(n, 0), i.reshape(-1), eps,
-                     cond=None if cond is None else cond.to(dev).repeat_interleave(n, 0)).reshape(b, n)
+        kl = kl_term(model, x0.repeat_interleave(n, 0), i.reshape(-1), eps, cond=repeated(n)).reshape(b, n)
         vals = kl.to(torch.float64) * weight
         draws = vals * n
     eps0 = noise(x0.shape, generator, dev)
     return BoundTerms(
         prior=prior_term(model, x0),
         diffusion=vals.sum(1),
-        reconstruction=reconstruction_term(model, x0, eps0, None if cond is None else cond.to(dev)),
+        reconstruction=reconstruction_term(model, x0, eps0, cond),
         per_t=vals,
         t=centres,
         draws=draws,

@@ -115,7 +115,7 @@ def run(out: Path, smoke: bool = False, progress: bool = True, trained: str | No
                           "(its config differs beyond the budget)")
     record = {"benchmark": "mnist-cond"}
     record.update(evaluate_run(model, dataset.test, cfg_run.eval, progress=progress, sampler=meta["time_sampler"],
-                               labels=dataset.test_labels))
+                               labels=dataset.test_labels, train=dataset.train_continuous(cfg_run.train.seed)))
     record["images_per_second"] = meta["trained_steps"] * cfg_run.train.batch_size / max(meta["trained_seconds"], 1e-9)
     settings = SMOKE if smoke else {}
     net, classifier = feature_classifier(dataset, cache_dir(), seed=cfg.eval.seed,

@@ -59,10 +59,13 @@ def sample_quality_record(model, dataset, net, n: int, seed: int, steps: int, ou
     """Frechet distance, KID and the share classified as asked, for unconditional and
     guided samples, with the floor (n training images against the test set).
     Returns flat fields (``fd_*``, ``kid_*``, ``classified_as_asked_w*``)."""
+    from functools import partial
+
     from . import plots
-    from .quality import sample_quality
+    from .quality import features, sample_quality
 
     test = dataset.test.floor()
+    sample_quality = partial(sample_quality, reference_features=features(net, test))  # the test set's, once
     record = {"quality_samples": n, "sampler": f"{SOLVER}, {steps} steps"}
     floor = sample_quality(net, floor_images(dataset, n, seed), test, seed=seed)
     record.update(fd_floor=floor["frechet_distance"], kid_floor=floor["kid"], kid_floor_stderr=floor["kid_stderr"])

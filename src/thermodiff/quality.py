@@ -285,9 +285,12 @@ def kernel_distance(f1: torch.Tensor, f2: torch.Tensor, subsets: int = 100, subs
 
 
 def sample_quality(net: FeatureNet, samples: torch.Tensor, reference: torch.Tensor, asked: torch.Tensor | None = None,
-                   subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> dict:
+                   subsets: int = 100, subset_size: int = 1000, seed: int = 0,
+                   reference_features: torch.Tensor | None = None) -> dict:
     """The Frechet distance and KID of samples against reference images (the test set),
     and with `asked` (the class each sample was drawn for) the share classified as asked.
+    reference_features: ``features(net, reference)`` where the caller holds them (one
+    reference, several sample sets: computed once).
 
     Shapes: samples (N, C, H, W), reference (M, C, H, W) levels; asked (N,) -> dict.
     """
@@ -295,7 +298,8 @@ def sample_quality(net: FeatureNet, samples: torch.Tensor, reference: torch.Tens
     reference = _check_images(torch.as_tensor(reference), "reference images")
     if samples.shape[1:] != reference.shape[1:]:
         raise DataError(f"samples of shape {tuple(samples.shape[1:])}, reference images {tuple(reference.shape[1:])}")
-    fs, fr = features(net, samples), features(net, reference)
+    fs = features(net, samples)
+    fr = features(net, reference) if reference_features is None else reference_features
     kid, kid_se = kernel_distance(fs, fr, subsets, subset_size, seed)
     record = {"frechet_distance": frechet_distance(fs, fr), "kid": kid, "kid_stderr": kid_se,
               "n_samples": samples.shape[0]}
@@ -303,5 +307,7 @@ def sample_quality(net: FeatureNet, samples: torch.Tensor, reference: torch.Tens
         asked = torch.as_tensor(asked, dtype=torch.long)
         if asked.shape != (samples.shape[0],):
             raise DataError(f"{asked.shape[0] if asked.dim() else 0} classes asked for {samples.shape[0]} samples")
-        record["classified_as_asked"] = float((predict_classes(net, samples) == asked).to(torch.float64).mean())
+        with torch.no_grad():  # the readout of the features already computed
+            predicted = net.readout(fs.to(torch.float32)).argmax(1)
+        record["classified_as_asked"] = float((predicted == asked).to(torch.float64).mean())
     return record

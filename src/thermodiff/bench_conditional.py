@@ -65,13 +65,13 @@ def sample_quality_record(model, dataset, net, n: int, seed: int, steps: int, ou
     from .quality import features, sample_quality
 
     test = dataset.test.floor()
-    sample_quality = partial(sample_quality, reference_features=features(net, test))  # the test set's, once
+    quality = partial(sample_quality, reference_features=features(net, test))  # the test set's features, once
     record = {"quality_samples": n, "sampler": f"{SOLVER}, {steps} steps"}
-    floor = sample_quality(net, floor_images(dataset, n, seed), test, seed=seed)
+    floor = quality(net, floor_images(dataset, n, seed), test, seed=seed)
     record.update(fd_floor=floor["frechet_distance"], kid_floor=floor["kid"], kid_floor_stderr=floor["kid_stderr"])
     t0 = time.perf_counter()
     x = draw(model, n, None, 0.0, seed, steps, progress)
-    q = sample_quality(net, x, test, seed=seed)
+    q = quality(net, x, test, seed=seed)
     record.update(fd_unconditional=q["frechet_distance"], kid_unconditional=q["kid"],
                   kid_unconditional_stderr=q["kid_stderr"])
     if out is not None:
@@ -83,7 +83,7 @@ def sample_quality_record(model, dataset, net, n: int, seed: int, steps: int, ou
         parts = [draw(model, per_class, c, w, seed + 1 + c, steps, progress) for c in range(k)]  # classes in turn
         x = torch.cat(parts)
         asked = torch.arange(k).repeat_interleave(per_class)
-        q = sample_quality(net, x, test, asked=asked, seed=seed)
+        q = quality(net, x, test, asked=asked, seed=seed)
         tag = f"w{w:g}"
         record.update({f"fd_guided_{tag}": q["frechet_distance"], f"kid_guided_{tag}": q["kid"],
                        f"kid_guided_{tag}_stderr": q["kid_stderr"],

@@ -408,8 +408,9 @@ def _sample_classes(args, cfg) -> list:
         return [None]
     if cfg is None:
         raise ConfigError("--class: a diffusers model is unconditional here")
+    if not cfg.model.num_classes:
+        raise ConfigError("--class: this model is unconditional (model.num_classes = 0); train one with labels")
     if args.classes == ["all"] and "all" not in cfg.model.class_names:  # every class, unless one is named so
-        _class_index(cfg, "0")  # an unconditional model's one-line refusal
         return list(range(cfg.model.num_classes))
     return [_class_index(cfg, c) for c in args.classes]
 

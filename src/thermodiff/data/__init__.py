@@ -259,7 +259,7 @@ def _array_labels(cfg, n: int):
     from .labels import class_names_for, read_labels
 
     y, names = read_labels(cfg.labels, n)
-    return y, None, class_names_for(y, names, 0, cfg.labels)
+    return y, None, class_names_for(y, names)
 
 
 def _test_labels(cfg, m: int, classes: tuple[str, ...]):

@@ -112,23 +112,14 @@ def encode(values: list, what: str) -> tuple[np.ndarray, tuple[str, ...] | None]
     return np.asarray([index[str(v).strip()] for v in values], dtype=np.int64), names
 
 
-def class_names_for(labels: np.ndarray, names: tuple[str, ...] | None, num_classes: int, what: str) -> tuple[str, ...]:
+def class_names_for(labels: np.ndarray, names: tuple[str, ...] | None) -> tuple[str, ...]:
     """The class names of a labelled training set: the strings' own names, or "0".."K-1"
-    for integer labels, K = num_classes where given (> 0), else the largest label + 1.
-    A label beyond the classes is an error.
+    for integer labels, K the largest label + 1 (``train.with_classes`` checks K
+    against model.num_classes).
 
     Shapes: labels (N,) int64 -> (K,) names.
     """
-    k = len(names) if names is not None else int(labels.max()) + 1
-    if num_classes > 0:
-        if k > num_classes:
-            top = int(labels.max()) if names is None else k - 1
-            raise DataError(f"{what}: label {top if names is None else names[top]!r} is out of range for "
-                            f"model.num_classes = {num_classes}")
-        k = num_classes
-    if names is not None and len(names) != k:
-        raise DataError(f"{what}: {len(names)} class names for model.num_classes = {num_classes}")
-    return names if names is not None else tuple(str(i) for i in range(k))
+    return names if names is not None else tuple(str(i) for i in range(int(labels.max()) + 1))
 
 
 def index_by_names(labels: np.ndarray, names: tuple[str, ...] | None, classes: tuple[str, ...], what: str) -> np.ndarray:
